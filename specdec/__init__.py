@@ -1,0 +1,19 @@
+"""specdec: lossless speculative decoding for Hugging Face causal LMs.
+
+Greedy output is identical, token for token, to the target's own greedy ``generate``;
+sampled output is distributed exactly as the target's.  Anything lossy is opt-in.
+"""
+from . import drafters
+from .acceptance import Acceptance
+from .engine import GenerateOutput, generate
+from .loading import load_model
+from .sampling import SamplingConfig
+from .speculation import FixedLength
+from .stats import DecodeStats
+from .target import Target
+from .tree import DraftTree
+
+__all__ = [
+    "Acceptance", "DecodeStats", "DraftTree", "FixedLength", "GenerateOutput", "SamplingConfig",
+    "Target", "drafters", "generate", "load_model",
+]

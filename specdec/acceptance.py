@@ -1,0 +1,193 @@
+"""Acceptance rules: pure tensor functions that decide what of a draft tree the target keeps.
+
+No models here. Variable names follow the papers: ``p`` is the target's law, ``q`` the
+draft's, ``residual`` is norm(max(0, p - q)).  Every rule returns an :class:`Acceptance`:
+the accepted path (node indices, root excluded) and the next token (the correction drawn
+from the residual after a rejection, or the bonus token after an accepted leaf).
+
+Lossless rules:
+* :func:`greedy_accept` — longest path whose tokens equal the target's argmax.
+* :func:`speculative_sampling` — chains (Leviathan et al.; Chen et al.): accept x with
+  probability min(1, p(x)/q(x)); at the first rejection draw from the residual.
+* :func:`recursive_rejection_sampling` — trees (Jeon et al., RSD; SpecTr for point masses):
+  children are tested in draw order against a running residual; a child drawn without
+  replacement is tested against q with the earlier siblings removed and renormalised, a
+  deterministic child as a point mass (accept with probability r(x), else zero x).
+
+Lossy, opt-in: :func:`typical_accept` (Medusa's typical acceptance).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .tree import DraftTree
+
+
+@dataclass
+class Acceptance:
+    """What one verification keeps, per batch row."""
+
+    paths: list[list[int]]  # accepted node indices from depth 1 down, per row
+    next_tokens: torch.Tensor  # [B] long: correction or bonus token after the path
+
+    @property
+    def num_accepted(self) -> list[int]:
+        return [len(path) for path in self.paths]
+
+
+def _normalise(law: torch.Tensor) -> torch.Tensor:
+    return law / law.sum(dim=-1, keepdim=True)
+
+
+def residual(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+    """norm(max(0, p - q)) over the last dimension; falls back to ``p`` where p <= q everywhere.
+
+    In exact arithmetic a rejection cannot happen when p <= q everywhere (then p == q), so the
+    fallback only catches rounding; it keeps the draw well defined.
+    """
+    diff = (p - q).clamp_min(0)
+    mass = diff.sum(dim=-1, keepdim=True)
+    return torch.where(mass > 0, diff / mass.clamp_min(torch.finfo(diff.dtype).tiny), p)
+
+
+def _point_masses(tokens: torch.Tensor, vocab_size: int, dtype: torch.dtype) -> torch.Tensor:
+    return torch.nn.functional.one_hot(tokens, vocab_size).to(dtype)
+
+
+def greedy_accept(tree: DraftTree, target_tokens: torch.Tensor) -> Acceptance:
+    """Longest path of nodes equal to the target's argmax at their parent.
+
+    ``target_tokens`` [B, 1+N] is the target's argmax at each slot.  Ties between equally deep
+    accepted nodes go to the first drawn.  The next token is the argmax after the path.
+    """
+    b, n = tree.tokens.shape
+    expected = target_tokens.gather(1, tree.parent_slots[None, :].expand(b, n))
+    mismatch = (tree.tokens != expected).to(torch.float32)  # [B, N]
+    node_ancestry = tree.slot_ancestry[1:, 1:].to(torch.float32)  # [N, N], node-to-node
+    accepted = (mismatch @ node_ancestry.T) == 0  # every node on the way matches
+    depth = tree.depth[None, :].expand(b, n)
+    score = torch.where(accepted, depth, torch.zeros_like(depth))
+    paths, next_tokens = [], []
+    for row in range(b):
+        if n == 0 or int(score[row].max()) == 0:
+            best = -1
+        else:
+            best = int(score[row].argmax())  # first of the deepest
+        paths.append(tree.path_to(best))
+        next_tokens.append(target_tokens[row, best + 1])
+    return Acceptance(paths, torch.stack(next_tokens))
+
+
+def speculative_sampling(
+    draft_tokens: torch.Tensor,
+    q: torch.Tensor | None,
+    p: torch.Tensor,
+    generator: torch.Generator | None = None,
+) -> Acceptance:
+    """Speculative sampling for a chain of k drafted tokens.
+
+    ``draft_tokens`` [B, k]; ``q`` [B, k, V] the draft law each was drawn from, or ``None``
+    for deterministic drafts (point masses); ``p`` [B, k+1, V] the target's law at the root and
+    after each draft.  Accept token i with probability min(1, p_i(x)/q_i(x)); at the first
+    rejection draw from norm(max(0, p_i - q_i)); if all are accepted draw a bonus from p_k.
+    """
+    b, k = draft_tokens.shape
+    vocab = p.shape[-1]
+    if q is None:
+        q = _point_masses(draft_tokens, vocab, p.dtype)
+    q = q.to(p.dtype)
+    p_draft = p[:, :k].gather(2, draft_tokens[..., None]).squeeze(-1)  # [B, k]
+    q_draft = q.gather(2, draft_tokens[..., None]).squeeze(-1)
+    u = torch.rand(b, k, generator=generator, dtype=p.dtype, device=p.device)
+    accept = u * q_draft < p_draft  # u < p/q without dividing by zero
+    num_accepted = torch.where(
+        accept.all(dim=1), torch.full((b,), k, device=p.device), (~accept).int().argmax(dim=1)
+    )
+    rows = torch.arange(b, device=p.device)
+    p_next = p[rows, num_accepted]  # [B, V]
+    rejected = num_accepted < k
+    q_next = torch.zeros_like(p_next)
+    q_next[rejected] = q[rows[rejected], num_accepted[rejected]]
+    law = torch.where(rejected[:, None], residual(p_next, q_next), p_next)
+    next_tokens = torch.multinomial(law, 1, generator=generator).squeeze(-1)
+    paths = [list(range(int(a))) for a in num_accepted]
+    return Acceptance(paths, next_tokens)
+
+
+def recursive_rejection_sampling(
+    tree: DraftTree, p: torch.Tensor, generator: torch.Generator | None = None
+) -> Acceptance:
+    """Recursive rejection sampling down a draft tree (RSD), lossless for any tree.
+
+    ``p`` [B, 1+N, V] is the target's processed law at each slot.  From the root, the
+    children of the current slot are tested in draw order against a running residual r
+    (starting at p): child x with proposal law Q is accepted with probability
+    min(1, r(x)/Q(x)); on rejection r <- norm(max(0, r - Q)).  For drafts with ``draft_probs``
+    the siblings were drawn without replacement, so Q is the draft law with the earlier
+    siblings removed and renormalised; for deterministic drafts Q is a point mass at x.
+    After an accepted child the walk continues from it with a fresh r = p at that slot; when
+    no child is accepted (or there are none) the next token is drawn from r.
+    """
+    b = tree.batch_size
+    q = tree.draft_probs
+    paths, next_tokens = [], []
+    for row in range(b):
+        slot, path = 0, []
+        while True:
+            r = p[row, slot]
+            kids = tree.children[slot]
+            chosen = None
+            law = q[row, kids[0]].to(p.dtype).clone() if (q is not None and kids) else None
+            for node in kids:
+                x = int(tree.tokens[row, node])
+                proposal = law if law is not None else _point_masses(tree.tokens[row, node], p.shape[-1], p.dtype)
+                u = torch.rand((), generator=generator, dtype=p.dtype, device=p.device)
+                if u * proposal[x] < r[x]:
+                    chosen = node
+                    break
+                r = residual(r, proposal)
+                if law is not None:  # the next sibling was drawn with this one removed
+                    law = law.clone()
+                    law[x] = 0
+                    law = _normalise(law) if law.sum() > 0 else law
+            if chosen is None:
+                next_tokens.append(torch.multinomial(r, 1, generator=generator)[0])
+                break
+            path.append(chosen)
+            slot = chosen + 1
+        paths.append(path)
+    return Acceptance(paths, torch.stack(next_tokens))
+
+
+def typical_accept(
+    tree: DraftTree,
+    p: torch.Tensor,
+    posterior_threshold: float = 0.09,
+    posterior_alpha: float = 0.3,
+    generator: torch.Generator | None = None,
+) -> Acceptance:
+    """Medusa's typical acceptance — LOSSY: output is not distributed as the target's.
+
+    A node is acceptable when p(x) > min(epsilon, delta * exp(-H(p))) at its parent, with
+    epsilon = ``posterior_threshold`` and delta = ``posterior_alpha`` (Cai et al., 2024).  The
+    longest acceptable path is kept (first drawn among equals) and the next token is drawn
+    from p after it.  Opt-in only; never the default.
+    """
+    b, n = tree.tokens.shape
+    entropy = -(p * torch.log(p.clamp_min(torch.finfo(p.dtype).tiny))).sum(-1)  # [B, 1+N]
+    threshold = torch.minimum(torch.full_like(entropy, posterior_threshold), posterior_alpha * torch.exp(-entropy))
+    parent_p = p.gather(1, tree.parent_slots[None, :, None].expand(b, n, p.shape[-1]))
+    p_node = parent_p.gather(2, tree.tokens[..., None]).squeeze(-1)  # [B, N]
+    bad = (p_node <= threshold.gather(1, tree.parent_slots[None, :].expand(b, n))).to(torch.float32)
+    node_ancestry = tree.slot_ancestry[1:, 1:].to(torch.float32)
+    ok = (bad @ node_ancestry.T) == 0
+    depth = tree.depth[None, :].expand(b, n)
+    score = torch.where(ok, depth, torch.zeros_like(depth))
+    paths, next_tokens = [], []
+    for row in range(b):
+        best = -1 if n == 0 or int(score[row].max()) == 0 else int(score[row].argmax())
+        paths.append(tree.path_to(best))
+        next_tokens.append(torch.multinomial(p[row, best + 1], 1, generator=generator)[0])
+    return Acceptance(paths, torch.stack(next_tokens))

@@ -1,0 +1,7 @@
+"""Drafters: every way of proposing tokens, behind one protocol (:class:`Drafter`)."""
+from .base import DraftRequest, Drafter
+from .draft_model import DraftModel
+from .prompt_lookup import PromptLookup, lookup_continuation
+from .self_draft import truncated_model
+
+__all__ = ["Drafter", "DraftRequest", "DraftModel", "PromptLookup", "lookup_continuation", "truncated_model"]

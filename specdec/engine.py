@@ -1,0 +1,195 @@
+"""The one decode loop every method shares: propose, verify, accept, commit, adapt.
+
+Knows nothing about tokenization: token ids in, token ids out.  ``generate`` returns
+sequences shaped and padded exactly like ``model.generate`` for the same input, and with
+``do_sample=False`` the very same tokens; with sampling, tokens distributed exactly as the
+target's own sampler's.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import torch
+
+from .acceptance import Acceptance, greedy_accept, recursive_rejection_sampling, speculative_sampling
+from .drafters.base import DraftRequest, Drafter
+from .sampling import SamplingConfig, processed_probs
+from .speculation import as_policy
+from .stats import DecodeStats
+from .target import Target
+from .tree import DraftTree
+
+
+@dataclass
+class GenerateOutput:
+    sequences: torch.Tensor  # [B, T + generated], like model.generate
+    stats: DecodeStats
+
+
+def accept(tree: DraftTree, logits: torch.Tensor, sampling: SamplingConfig,
+           generator: torch.Generator | None) -> Acceptance:
+    """The lossless rule for this tree: greedy match, or speculative / recursive rejection sampling."""
+    if not sampling.do_sample:
+        return greedy_accept(tree, logits.argmax(dim=-1))
+    p = processed_probs(logits, sampling)
+    if tree.is_chain:
+        return speculative_sampling(tree.tokens, tree.draft_probs, p, generator)
+    return recursive_rejection_sampling(tree, p, generator)
+
+
+def generate(
+    target,
+    input_ids: torch.Tensor,
+    drafter: Drafter | None = None,
+    attention_mask: torch.Tensor | None = None,
+    max_new_tokens: int = 64,
+    do_sample: bool = False,
+    temperature: float = 1.0,
+    top_k: int = 0,
+    top_p: float = 1.0,
+    eos_token_id: int | list[int] | None = None,
+    pad_token_id: int | None = None,
+    seed: int | None = None,
+    speculation=None,
+) -> GenerateOutput:
+    """Decode ``max_new_tokens`` tokens at most from ``target`` with speculative decoding.
+
+    ``target`` is a Hugging Face causal LM; ``drafter=None`` decodes plainly through the same
+    loop.  ``speculation`` is the length policy: None (the drafter's ``num_tokens``), an int,
+    or a policy object such as SmartSpec.
+    """
+    model = target.model if isinstance(target, Target) else target
+    _check_inputs(model, input_ids, attention_mask, max_new_tokens, drafter)
+    if attention_mask is None:
+        attention_mask = torch.ones_like(input_ids)
+    if input_ids.shape[0] != 1:
+        raise NotImplementedError(
+            f"batch size {input_ids.shape[0]}: batches need EQSPEC realignment, which is not built yet; "
+            "decode one row at a time"
+        )
+    sampling = SamplingConfig(do_sample, temperature, top_k, top_p)
+    eos = _eos_ids(model, eos_token_id)
+    generator = torch.Generator(device=input_ids.device)
+    generator.manual_seed(seed if seed is not None else int(torch.randint(2**62, (1,))))
+    policy = as_policy(speculation, drafter.num_tokens if drafter is not None else 0)
+    stats = DecodeStats()
+
+    started = time.perf_counter()
+    verifier = Target(model)
+    roots = verifier.prefill(input_ids, attention_mask)
+    if drafter is not None:
+        drafter.start(model, input_ids, attention_mask)
+    stats.prefill_seconds = time.perf_counter() - started
+
+    sequences, mask = input_ids, attention_mask
+    generated: list[int] = []
+    hidden = None
+    while True:
+        remaining = max_new_tokens - len(generated)
+        k = min(policy.next_length(), remaining - 1) if drafter is not None else 0
+        # 1. propose
+        t0 = time.perf_counter()
+        if k > 0:
+            tree = drafter.propose(DraftRequest(sequences, mask, k, sampling, generator, hidden))
+            _check_tree(tree, k, input_ids.shape[0])
+        else:
+            tree = DraftTree.empty(input_ids.shape[0], input_ids.device)
+        t1 = time.perf_counter()
+        # 2. verify
+        want_hidden = drafter is not None and drafter.needs_hidden_states
+        verification = verifier.verify(roots, tree, want_hidden)
+        t2 = time.perf_counter()
+        # 3. accept
+        acceptance = accept(tree, verification.logits, sampling, generator)
+        path = acceptance.paths[0]
+        new_tokens = tree.tokens[0, path].tolist() + [int(acceptance.next_tokens[0])]
+        new_tokens = _truncate(new_tokens, remaining, eos)
+        # 4. commit
+        verifier.commit(acceptance.paths, tree.num_nodes)
+        if k > 0:
+            drafter.commit(acceptance, tree)
+            policy.observe(tree.num_nodes, len(path), time.perf_counter() - t0)
+        if want_hidden:
+            hidden = verification.hidden[:, (path[-1] + 1) if path else 0]
+        generated.extend(new_tokens)
+        roots = acceptance.next_tokens
+        appended = torch.tensor([new_tokens], dtype=sequences.dtype, device=sequences.device)
+        sequences = torch.cat([sequences, appended], dim=1)
+        mask = torch.cat([mask, torch.ones_like(appended)], dim=1)
+        t3 = time.perf_counter()
+        stats.steps += 1
+        stats.drafted_tokens += tree.num_nodes
+        stats.accepted_histogram[len(path)] += 1
+        stats.draft_seconds += t1 - t0
+        stats.verify_seconds += t2 - t1
+        stats.other_seconds += t3 - t2
+        if len(generated) >= max_new_tokens or new_tokens[-1] in eos:
+            break
+    stats.total_seconds = time.perf_counter() - started
+    stats.other_seconds += stats.prefill_seconds
+    stats.tokens_generated = len(generated)
+    stats.target_forwards = verifier.forwards
+    return GenerateOutput(sequences, stats)
+
+
+def _truncate(tokens: list[int], remaining: int, eos: set[int]) -> list[int]:
+    """Cut a step's tokens at the budget and just after the first end-of-sequence token."""
+    tokens = tokens[:remaining]
+    for i, token in enumerate(tokens):
+        if token in eos:
+            return tokens[: i + 1]
+    return tokens
+
+
+def _eos_ids(model, eos_token_id) -> set[int]:
+    if eos_token_id is None:
+        config = getattr(model, "generation_config", None)
+        eos_token_id = getattr(config, "eos_token_id", None)
+    if eos_token_id is None:
+        return set()
+    if isinstance(eos_token_id, int):
+        return {eos_token_id}
+    return {int(t) for t in eos_token_id}
+
+
+def _check_inputs(model, input_ids, attention_mask, max_new_tokens, drafter) -> None:
+    if not isinstance(input_ids, torch.Tensor) or input_ids.dim() != 2:
+        shape = tuple(input_ids.shape) if isinstance(input_ids, torch.Tensor) else type(input_ids).__name__
+        raise ValueError(f"input_ids must be a 2D LongTensor [batch, length], got {shape}")
+    if input_ids.numel() == 0:
+        raise ValueError(f"input_ids is empty (shape {tuple(input_ids.shape)}); give at least one token per row")
+    if input_ids.dtype not in (torch.long, torch.int):
+        raise ValueError(f"input_ids must hold integer token ids, got dtype {input_ids.dtype}")
+    vocab = model.get_output_embeddings().weight.shape[0]
+    if int(input_ids.min()) < 0 or int(input_ids.max()) >= vocab:
+        raise ValueError(f"input_ids holds token ids outside the model's vocabulary [0, {vocab})")
+    if attention_mask is not None:
+        if attention_mask.shape != input_ids.shape:
+            raise ValueError(
+                f"attention_mask shape {tuple(attention_mask.shape)} does not match input_ids {tuple(input_ids.shape)}"
+            )
+        if not bool(attention_mask[:, -1].bool().all()):
+            raise ValueError("attention_mask must be left-padded: the last column must be 1 in every row")
+    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be an int >= 1, got {max_new_tokens!r}")
+    limit = getattr(model.config, "max_position_embeddings", None)
+    if limit is not None and input_ids.shape[1] + max_new_tokens > limit:
+        raise ValueError(
+            f"prompt length {input_ids.shape[1]} + max_new_tokens {max_new_tokens} exceeds the model's "
+            f"context of {limit} positions"
+        )
+    if drafter is not None and not isinstance(drafter, Drafter):
+        raise TypeError(
+            f"drafter must be a specdec.drafters.Drafter (e.g. DraftModel, PromptLookup) or None, "
+            f"got {type(drafter).__name__}"
+        )
+
+
+def _check_tree(tree: DraftTree, k: int, batch_size: int) -> None:
+    if not isinstance(tree, DraftTree):
+        raise TypeError(f"a drafter's propose() must return a DraftTree, got {type(tree).__name__}")
+    if tree.batch_size != batch_size:
+        raise ValueError(f"draft tree has {tree.batch_size} rows for a batch of {batch_size}")
+    if tree.num_nodes and int(tree.depth.max()) > k:
+        raise ValueError(f"draft tree is {int(tree.depth.max())} deep, more than the {k} tokens asked for")

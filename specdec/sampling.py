@@ -1,0 +1,70 @@
+"""Logits processing and token sampling, shared by the target and every drafter.
+
+One function turns raw logits into the law tokens are drawn from (temperature, top-k,
+top-p, applied in that order, the order Hugging Face uses); the acceptance rules see
+only laws produced by it, so draft and target are always processed identically.
+Greedy decoding is an exact ``argmax`` of the raw logits, never a tiny temperature.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(frozen=True)
+class SamplingConfig:
+    """How tokens are chosen: ``do_sample=False`` is exact greedy decoding."""
+
+    do_sample: bool = False
+    temperature: float = 1.0
+    top_k: int = 0
+    top_p: float = 1.0
+
+    def __post_init__(self):
+        if self.do_sample and not self.temperature > 0:
+            raise ValueError(f"temperature must be > 0 when sampling, got {self.temperature}")
+        if self.top_k < 0:
+            raise ValueError(f"top_k must be >= 0 (0 disables it), got {self.top_k}")
+        if not 0.0 < self.top_p <= 1.0:
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+
+
+def processed_probs(logits: torch.Tensor, config: SamplingConfig) -> torch.Tensor:
+    """The law a sampler draws from: softmax of temperature/top-k/top-p processed logits.
+
+    Works on any leading shape; the last dimension is the vocabulary. Computed in float64
+    when the logits are float64, else float32.
+    """
+    dtype = torch.float64 if logits.dtype == torch.float64 else torch.float32
+    scores = logits.to(dtype) / config.temperature
+    if config.top_k and config.top_k < scores.shape[-1]:
+        kth = torch.topk(scores, config.top_k, dim=-1).values[..., -1:]
+        scores = scores.masked_fill(scores < kth, float("-inf"))
+    if config.top_p < 1.0:
+        sorted_scores, order = torch.sort(scores, dim=-1, descending=False)
+        cumulative = sorted_scores.softmax(dim=-1).cumsum(dim=-1)
+        # Drop the low tail whose mass is at most 1 - top_p; always keep the top token.
+        drop_sorted = cumulative <= (1.0 - config.top_p)
+        drop_sorted[..., -1] = False
+        drop = drop_sorted.scatter(-1, order, drop_sorted)
+        scores = scores.masked_fill(drop, float("-inf"))
+    return scores.softmax(dim=-1)
+
+
+def sample(probs: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    """One draw per row from ``probs`` (shape [..., V]); returns indices of shape [...]."""
+    flat = probs.reshape(-1, probs.shape[-1])
+    drawn = torch.multinomial(flat, 1, generator=generator).squeeze(-1)
+    return drawn.reshape(probs.shape[:-1])
+
+
+def choose(logits: torch.Tensor, config: SamplingConfig, generator: torch.Generator | None):
+    """Next tokens from raw logits [..., V]: argmax when greedy, else a draw.
+
+    Returns ``(tokens, probs)``; ``probs`` is the processed law (``None`` when greedy).
+    """
+    if not config.do_sample:
+        return logits.argmax(dim=-1), None
+    probs = processed_probs(logits, config)
+    return sample(probs, generator), probs
