@@ -22,6 +22,7 @@ from dataclasses import dataclass
 
 import torch
 
+from .sampling import Randomness
 from .tree import DraftTree
 
 
@@ -50,6 +51,14 @@ def residual(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
     diff = (p - q).clamp_min(0)
     mass = diff.sum(dim=-1, keepdim=True)
     return torch.where(mass > 0, diff / mass.clamp_min(torch.finfo(diff.dtype).tiny), p)
+
+
+def acceptance_probability(r_x: torch.Tensor, q_x: torch.Tensor) -> torch.Tensor:
+    """min(1, r(x)/q(x)); 0 where q(x) = 0 (a token its proposal could not draw is never kept).
+
+    Rejecting such a token is still lossless: the residual max(0, r - q) equals r there.
+    """
+    return torch.where(q_x > 0, (r_x / q_x.clamp_min(torch.finfo(q_x.dtype).tiny)).clamp(max=1.0), torch.zeros_like(r_x))
 
 
 def _point_masses(tokens: torch.Tensor, vocab_size: int, dtype: torch.dtype) -> torch.Tensor:
@@ -84,7 +93,7 @@ def speculative_sampling(
     draft_tokens: torch.Tensor,
     q: torch.Tensor | None,
     p: torch.Tensor,
-    generator: torch.Generator | None = None,
+    rng: Randomness,
 ) -> Acceptance:
     """Speculative sampling for a chain of k drafted tokens.
 
@@ -100,25 +109,20 @@ def speculative_sampling(
     q = q.to(p.dtype)
     p_draft = p[:, :k].gather(2, draft_tokens[..., None]).squeeze(-1)  # [B, k]
     q_draft = q.gather(2, draft_tokens[..., None]).squeeze(-1)
-    u = torch.rand(b, k, generator=generator, dtype=p.dtype, device=p.device)
-    accept = u * q_draft < p_draft  # u < p/q without dividing by zero
-    num_accepted = torch.where(
-        accept.all(dim=1), torch.full((b,), k, device=p.device), (~accept).int().argmax(dim=1)
-    )
+    accept = rng.coins(acceptance_probability(p_draft, q_draft))  # [B, k]
+    num_accepted = accept.long().cumprod(dim=1).sum(dim=1)  # leading accepts, per row
     rows = torch.arange(b, device=p.device)
     p_next = p[rows, num_accepted]  # [B, V]
     rejected = num_accepted < k
     q_next = torch.zeros_like(p_next)
     q_next[rejected] = q[rows[rejected], num_accepted[rejected]]
     law = torch.where(rejected[:, None], residual(p_next, q_next), p_next)
-    next_tokens = torch.multinomial(law, 1, generator=generator).squeeze(-1)
+    next_tokens = rng.categorical(law)
     paths = [list(range(int(a))) for a in num_accepted]
     return Acceptance(paths, next_tokens)
 
 
-def recursive_rejection_sampling(
-    tree: DraftTree, p: torch.Tensor, generator: torch.Generator | None = None
-) -> Acceptance:
+def recursive_rejection_sampling(tree: DraftTree, p: torch.Tensor, rng: Randomness) -> Acceptance:
     """Recursive rejection sampling down a draft tree (RSD), lossless for any tree.
 
     ``p`` [B, 1+N, V] is the target's processed law at each slot.  From the root, the
@@ -143,8 +147,7 @@ def recursive_rejection_sampling(
             for node in kids:
                 x = int(tree.tokens[row, node])
                 proposal = law if law is not None else _point_masses(tree.tokens[row, node], p.shape[-1], p.dtype)
-                u = torch.rand((), generator=generator, dtype=p.dtype, device=p.device)
-                if u * proposal[x] < r[x]:
+                if bool(rng.coins(acceptance_probability(r[x], proposal[x]))):
                     chosen = node
                     break
                 r = residual(r, proposal)
@@ -153,7 +156,7 @@ def recursive_rejection_sampling(
                     law[x] = 0
                     law = _normalise(law) if law.sum() > 0 else law
             if chosen is None:
-                next_tokens.append(torch.multinomial(r, 1, generator=generator)[0])
+                next_tokens.append(rng.categorical(r))
                 break
             path.append(chosen)
             slot = chosen + 1
@@ -164,9 +167,9 @@ def recursive_rejection_sampling(
 def typical_accept(
     tree: DraftTree,
     p: torch.Tensor,
+    rng: Randomness,
     posterior_threshold: float = 0.09,
     posterior_alpha: float = 0.3,
-    generator: torch.Generator | None = None,
 ) -> Acceptance:
     """Medusa's typical acceptance — LOSSY: output is not distributed as the target's.
 
@@ -189,5 +192,5 @@ def typical_accept(
     for row in range(b):
         best = -1 if n == 0 or int(score[row].max()) == 0 else int(score[row].argmax())
         paths.append(tree.path_to(best))
-        next_tokens.append(torch.multinomial(p[row, best + 1], 1, generator=generator)[0])
+        next_tokens.append(rng.categorical(p[row, best + 1]))
     return Acceptance(paths, torch.stack(next_tokens))

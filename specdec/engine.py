@@ -14,7 +14,7 @@ import torch
 
 from .acceptance import Acceptance, greedy_accept, recursive_rejection_sampling, speculative_sampling
 from .drafters.base import DraftRequest, Drafter
-from .sampling import SamplingConfig, processed_probs
+from .sampling import Randomness, SamplingConfig, processed_probs, seeded_randomness
 from .speculation import as_policy
 from .stats import DecodeStats
 from .target import Target
@@ -28,14 +28,14 @@ class GenerateOutput:
 
 
 def accept(tree: DraftTree, logits: torch.Tensor, sampling: SamplingConfig,
-           generator: torch.Generator | None) -> Acceptance:
+           rng: Randomness) -> Acceptance:
     """The lossless rule for this tree: greedy match, or speculative / recursive rejection sampling."""
     if not sampling.do_sample:
         return greedy_accept(tree, logits.argmax(dim=-1))
     p = processed_probs(logits, sampling)
     if tree.is_chain:
-        return speculative_sampling(tree.tokens, tree.draft_probs, p, generator)
-    return recursive_rejection_sampling(tree, p, generator)
+        return speculative_sampling(tree.tokens, tree.draft_probs, p, rng)
+    return recursive_rejection_sampling(tree, p, rng)
 
 
 def generate(
@@ -52,12 +52,14 @@ def generate(
     pad_token_id: int | None = None,
     seed: int | None = None,
     speculation=None,
+    randomness: Randomness | None = None,
 ) -> GenerateOutput:
     """Decode ``max_new_tokens`` tokens at most from ``target`` with speculative decoding.
 
     ``target`` is a Hugging Face causal LM; ``drafter=None`` decodes plainly through the same
     loop.  ``speculation`` is the length policy: None (the drafter's ``num_tokens``), an int,
-    or a policy object such as SmartSpec.
+    or a policy object such as SmartSpec.  ``randomness`` replaces the seeded random source
+    (every coin and draw goes through it; tests pass one that enumerates outcomes exactly).
     """
     model = target.model if isinstance(target, Target) else target
     _check_inputs(model, input_ids, attention_mask, max_new_tokens, drafter)
@@ -70,8 +72,7 @@ def generate(
         )
     sampling = SamplingConfig(do_sample, temperature, top_k, top_p)
     eos = _eos_ids(model, eos_token_id)
-    generator = torch.Generator(device=input_ids.device)
-    generator.manual_seed(seed if seed is not None else int(torch.randint(2**62, (1,))))
+    rng = randomness if randomness is not None else seeded_randomness(seed, input_ids.device)
     policy = as_policy(speculation, drafter.num_tokens if drafter is not None else 0)
     stats = DecodeStats()
 
@@ -91,7 +92,7 @@ def generate(
         # 1. propose
         t0 = time.perf_counter()
         if k > 0:
-            tree = drafter.propose(DraftRequest(sequences, mask, k, sampling, generator, hidden))
+            tree = drafter.propose(DraftRequest(sequences, mask, k, sampling, rng, hidden))
             _check_tree(tree, k, input_ids.shape[0])
         else:
             tree = DraftTree.empty(input_ids.shape[0], input_ids.device)
@@ -101,7 +102,7 @@ def generate(
         verification = verifier.verify(roots, tree, want_hidden)
         t2 = time.perf_counter()
         # 3. accept
-        acceptance = accept(tree, verification.logits, sampling, generator)
+        acceptance = accept(tree, verification.logits, sampling, rng)
         path = acceptance.paths[0]
         new_tokens = tree.tokens[0, path].tolist() + [int(acceptance.next_tokens[0])]
         new_tokens = _truncate(new_tokens, remaining, eos)

@@ -52,14 +52,36 @@ def processed_probs(logits: torch.Tensor, config: SamplingConfig) -> torch.Tenso
     return scores.softmax(dim=-1)
 
 
-def sample(probs: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
-    """One draw per row from ``probs`` (shape [..., V]); returns indices of shape [...]."""
-    flat = probs.reshape(-1, probs.shape[-1])
-    drawn = torch.multinomial(flat, 1, generator=generator).squeeze(-1)
-    return drawn.reshape(probs.shape[:-1])
+class Randomness:
+    """Every random decision of decoding goes through one of these two methods.
+
+    Rules state their coin flips' probabilities explicitly, so a test can replace this object
+    with one that enumerates every outcome and its exact probability.
+    """
+
+    def __init__(self, generator: torch.Generator | None = None):
+        self.generator = generator
+
+    def coins(self, prob: torch.Tensor) -> torch.Tensor:
+        """Independent Bernoulli draws: True with probability ``prob``, elementwise."""
+        u = torch.rand(prob.shape, generator=self.generator, dtype=prob.dtype, device=prob.device)
+        return u < prob
+
+    def categorical(self, probs: torch.Tensor) -> torch.Tensor:
+        """One draw per row from ``probs`` [..., V]; returns indices of shape [...]."""
+        flat = probs.reshape(-1, probs.shape[-1])
+        drawn = torch.multinomial(flat, 1, generator=self.generator).squeeze(-1)
+        return drawn.reshape(probs.shape[:-1])
 
 
-def choose(logits: torch.Tensor, config: SamplingConfig, generator: torch.Generator | None):
+def seeded_randomness(seed: int | None, device="cpu") -> Randomness:
+    """A :class:`Randomness` on its own generator; ``seed=None`` seeds from torch's global RNG."""
+    generator = torch.Generator(device=device)
+    generator.manual_seed(seed if seed is not None else int(torch.randint(2**62, (1,))))
+    return Randomness(generator)
+
+
+def choose(logits: torch.Tensor, config: SamplingConfig, rng: Randomness):
     """Next tokens from raw logits [..., V]: argmax when greedy, else a draw.
 
     Returns ``(tokens, probs)``; ``probs`` is the processed law (``None`` when greedy).
@@ -67,4 +89,4 @@ def choose(logits: torch.Tensor, config: SamplingConfig, generator: torch.Genera
     if not config.do_sample:
         return logits.argmax(dim=-1), None
     probs = processed_probs(logits, config)
-    return sample(probs, generator), probs
+    return rng.categorical(probs), probs

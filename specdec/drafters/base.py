@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 
 from ..acceptance import Acceptance
-from ..sampling import SamplingConfig
+from ..sampling import Randomness, SamplingConfig
 from ..tree import DraftTree
 
 
@@ -24,7 +24,7 @@ class DraftRequest:
     attention_mask: torch.Tensor  # [B, T] 1 at real tokens
     num_tokens: int  # speculation budget for this step: at most this many tokens deep
     sampling: SamplingConfig
-    generator: torch.Generator | None
+    rng: Randomness  # every random draw goes through it
     hidden: torch.Tensor | None = None  # [B, H] target's last hidden state before the root
 
 

@@ -57,7 +57,7 @@ class DraftModel(Drafter):
                 use_cache=True,
                 logits_to_keep=1,
             ).logits[:, -1]
-            token, law = choose(logits, request.sampling, request.generator)
+            token, law = choose(logits, request.sampling, request.rng)
             tokens.append(token)
             laws.append(law)
             new = token[:, None]

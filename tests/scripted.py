@@ -1,0 +1,38 @@
+"""Test drafters whose behaviour is scripted, so that acceptance is known in advance."""
+from __future__ import annotations
+
+import torch
+
+from specdec.drafters import Drafter
+from specdec.tree import DraftTree
+
+
+class ScriptedDrafter(Drafter):
+    """Proposes the reference continuation, right for the first ``right`` tokens, wrong after."""
+
+    def __init__(self, reference: torch.Tensor, vocab_size: int, right: int, num_tokens: int):
+        self.reference = reference[0].tolist()
+        self.vocab_size = vocab_size
+        self.right = right
+        self.num_tokens = num_tokens
+
+    def propose(self, request):
+        start = request.sequences.shape[1]  # index in the reference of the token after the root
+        tokens = []
+        for i in range(request.num_tokens):
+            truth = self.reference[start + i] if start + i < len(self.reference) else 0
+            tokens.append(truth if i < self.right else (truth + 1) % self.vocab_size)
+        return DraftTree.chain(torch.tensor([tokens], device=request.sequences.device))
+
+
+def noisy_copy(model: torch.nn.Module, scale: float, seed: int = 0) -> torch.nn.Module:
+    """A copy of ``model`` with Gaussian noise of relative size ``scale`` on every weight."""
+    import copy
+
+    clone = copy.deepcopy(model)
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for param in clone.parameters():
+            noise = torch.randn(param.shape, generator=g, dtype=param.dtype)
+            param.add_(noise * scale * param.std().clamp_min(1e-3))
+    return clone

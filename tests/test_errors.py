@@ -1,0 +1,86 @@
+"""Bad input gets a clear error that names the problem, never a wrong answer or a hang."""
+import pytest
+import torch
+
+import specdec
+from conftest import tiny_llama
+from specdec import drafters
+
+
+@pytest.fixture(scope="module")
+def target():
+    return tiny_llama(64, seed=0)
+
+
+IDS = torch.tensor([[5, 6, 7]])
+
+
+def test_vocabulary_mismatch(target):
+    """A draft model over another vocabulary is refused, naming both sizes."""
+    with pytest.raises(ValueError, match=r"vocabularies differ.*32.*64"):
+        specdec.generate(target, IDS, drafters.DraftModel(tiny_llama(32, seed=1)), max_new_tokens=4)
+
+
+@pytest.mark.parametrize("ids,message", [
+    (torch.tensor([5, 6, 7]), "2D"),
+    (torch.zeros(1, 3, 2, dtype=torch.long), "2D"),
+    (torch.empty(1, 0, dtype=torch.long), "empty"),
+    (torch.empty(0, 3, dtype=torch.long), "empty"),
+    (torch.tensor([[0.5, 1.0]]), "integer"),
+    (torch.tensor([[5, 64]]), "vocabulary"),
+    ([[5, 6]], "2D"),
+])
+def test_bad_input_ids(target, ids, message):
+    with pytest.raises(ValueError, match=message):
+        specdec.generate(target, ids, max_new_tokens=4)
+
+
+@pytest.mark.parametrize("max_new_tokens", [0, -3, 2.5, True])
+def test_bad_max_new_tokens(target, max_new_tokens):
+    with pytest.raises(ValueError, match="max_new_tokens"):
+        specdec.generate(target, IDS, max_new_tokens=max_new_tokens)
+
+
+def test_beyond_the_context(target):
+    """Asking for more tokens than the model's positions is refused before any work."""
+    with pytest.raises(ValueError, match="context of 256"):
+        specdec.generate(target, IDS, max_new_tokens=254)
+
+
+def test_wrong_drafter_type(target):
+    """Passing a model where a drafter belongs says what a drafter is."""
+    with pytest.raises(TypeError, match="drafter must be a specdec.drafters.Drafter"):
+        specdec.generate(target, IDS, drafter=tiny_llama(64, seed=1), max_new_tokens=4)
+    with pytest.raises(TypeError, match="DraftModel needs a Hugging Face causal LM"):
+        drafters.DraftModel("not a model")
+
+
+def test_bad_masks_and_batches(target):
+    with pytest.raises(ValueError, match="does not match"):
+        specdec.generate(target, IDS, attention_mask=torch.ones(1, 2, dtype=torch.long), max_new_tokens=4)
+    with pytest.raises(ValueError, match="left-padded"):
+        specdec.generate(target, IDS, attention_mask=torch.tensor([[1, 1, 0]]), max_new_tokens=4)
+    with pytest.raises(NotImplementedError, match="EQSPEC"):
+        specdec.generate(target, IDS.repeat(2, 1), max_new_tokens=4)
+
+
+def test_bad_sampling_settings(target):
+    with pytest.raises(ValueError, match="temperature"):
+        specdec.generate(target, IDS, max_new_tokens=4, do_sample=True, temperature=0.0)
+    with pytest.raises(ValueError, match="top_p"):
+        specdec.generate(target, IDS, max_new_tokens=4, do_sample=True, top_p=0.0)
+    with pytest.raises(ValueError, match="top_k"):
+        specdec.generate(target, IDS, max_new_tokens=4, do_sample=True, top_k=-1)
+
+
+def test_bad_drafter_settings(target):
+    with pytest.raises(ValueError, match="num_tokens"):
+        drafters.DraftModel(target, num_tokens=0)
+    with pytest.raises(ValueError, match="num_layers must be between 1 and 2"):
+        drafters.DraftModel.from_target_layers(target, 3)
+    with pytest.raises(ValueError, match="min_ngram"):
+        drafters.PromptLookup(num_tokens=3, max_ngram=0)
+    with pytest.raises(ValueError, match="speculation length"):
+        specdec.generate(target, IDS, drafters.PromptLookup(3), max_new_tokens=4, speculation=-1)
+    with pytest.raises(TypeError, match="speculation must be"):
+        specdec.generate(target, IDS, drafters.PromptLookup(3), max_new_tokens=4, speculation="fast")

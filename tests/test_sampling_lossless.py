@@ -1,0 +1,130 @@
+"""Sampled speculative decoding is distributed exactly as the target's own sampler.
+
+Exact: every random choice of ``specdec.generate`` (draft draws, coins, residual and bonus
+draws) is enumerated with its probability on a six-token vocabulary and the law of the
+generated tokens is compared with the target's law computed by enumeration.  Sampled: a
+chi-square test of many seeded runs against that law, with the draft's own law as a negative
+control that the same test must reject.
+"""
+import itertools
+
+import pytest
+import torch
+
+import specdec
+from conftest import tiny_llama
+from exact_randomness import enumerate_law
+from specdec import drafters
+from specdec.sampling import SamplingConfig, processed_probs
+
+VOCAB = 6
+PROMPT = torch.tensor([[1, 4, 2]])
+
+
+def models():
+    target = tiny_llama(VOCAB, seed=21, eos_token_id=None, hidden=16, heads=2, kv_heads=1)
+    draft = tiny_llama(VOCAB, seed=22, eos_token_id=None, hidden=16, heads=2, kv_heads=1, num_layers=1)
+    with torch.no_grad():  # sharpen both so their laws differ visibly, as real ones do
+        target.lm_head.weight.mul_(8)
+        draft.lm_head.weight.mul_(8)
+    return target, draft
+
+
+def exact_law(model, length: int, config: SamplingConfig) -> dict:
+    """Law of ``length`` sampled tokens after PROMPT, by enumerating every sequence."""
+    law = {}
+    for seq in itertools.product(range(VOCAB), repeat=length):
+        tokens = PROMPT[0].tolist() + list(seq)
+        with torch.no_grad():
+            logits = model(torch.tensor([tokens])).logits[0, PROMPT.shape[1] - 1: -1]
+        probs = processed_probs(logits, config)
+        law[seq] = float(torch.prod(probs[torch.arange(length), torch.tensor(seq)]))
+    return law
+
+
+def generated(out) -> tuple:
+    return tuple(out.sequences[0, PROMPT.shape[1]:].tolist())
+
+
+@pytest.mark.parametrize("config,k,length", [
+    (SamplingConfig(do_sample=True), 2, 2),
+    (SamplingConfig(do_sample=True, temperature=0.7, top_k=3, top_p=0.9), 2, 3),
+])
+def test_exact_law_through_generate(config, k, length):
+    """Enumerating every random choice of generate gives exactly the target's law."""
+    target, draft = models()
+    expected = exact_law(target, length, config)
+    kwargs = dict(max_new_tokens=length, do_sample=True, temperature=config.temperature, top_k=config.top_k,
+                  top_p=config.top_p, eos_token_id=[])
+    for drafter in (drafters.DraftModel(draft, num_tokens=k), drafters.PromptLookup(num_tokens=k, max_ngram=2)):
+        law = enumerate_law(lambda rng: generated(specdec.generate(target, PROMPT, drafter, randomness=rng, **kwargs)))
+        assert abs(sum(law.values()) - 1) < 1e-9
+        for seq, prob in expected.items():
+            assert abs(law.get(seq, 0.0) - prob) < 1e-9, (type(drafter).__name__, seq, law.get(seq), prob)
+
+
+def chi_square_pvalue(samples: list[tuple], law: dict) -> float:
+    """Pearson's chi-square test of ``samples`` against ``law``; cells expecting < 5 are pooled."""
+    from scipy.stats import chisquare
+
+    n = len(samples)
+    counts = {}
+    for s in samples:
+        counts[s] = counts.get(s, 0) + 1
+    observed, expected, pooled_obs, pooled_exp = [], [], 0, 0.0
+    for seq, prob in law.items():
+        if prob * n >= 5:
+            observed.append(counts.get(seq, 0))
+            expected.append(prob * n)
+        else:
+            pooled_obs += counts.get(seq, 0)
+            pooled_exp += prob * n
+    observed.append(pooled_obs + sum(c for s, c in counts.items() if s not in law))
+    expected.append(pooled_exp)
+    return float(chisquare(observed, expected).pvalue)
+
+
+def test_chi_square_matches_target_and_rejects_the_draft():
+    """3 sampled tokens pass a chi-square test against the target's law; the draft's law fails it."""
+    target, draft = models()
+    config = SamplingConfig(do_sample=True)
+    law = exact_law(target, 3, config)
+    runs = 3000
+    drafter = drafters.DraftModel(draft, num_tokens=3)
+    speculative = [
+        generated(specdec.generate(target, PROMPT, drafter, max_new_tokens=3, do_sample=True, seed=s, eos_token_id=[]))
+        for s in range(runs)
+    ]
+    assert chi_square_pvalue(speculative, law) > 1e-3
+    # negative control: the draft's own samples, tested against the target's law, must fail
+    drafts_own = [
+        generated(specdec.generate(draft, PROMPT, max_new_tokens=3, do_sample=True, seed=s, eos_token_id=[]))
+        for s in range(runs)
+    ]
+    assert chi_square_pvalue(drafts_own, law) < 1e-6
+
+
+def test_sampling_is_reproducible_with_a_seed():
+    """The same seed gives the same tokens; the drafter does not change the law, only speed."""
+    target, draft = models()
+    kwargs = dict(max_new_tokens=8, do_sample=True, eos_token_id=[], seed=123)
+    a = specdec.generate(target, PROMPT, drafters.DraftModel(draft, 3), **kwargs).sequences
+    b = specdec.generate(target, PROMPT, drafters.DraftModel(draft, 3), **kwargs).sequences
+    assert torch.equal(a, b)
+
+
+def test_processed_probs_match_transformers_warpers():
+    """Temperature, top-k and top-p are applied exactly as Hugging Face's logits processors do."""
+    from transformers.generation.logits_process import (
+        LogitsProcessorList, TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper,
+    )
+
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(4, 50, generator=g, dtype=torch.float64) * 3
+    for t, k, p in [(1.0, 0, 1.0), (0.7, 5, 1.0), (1.3, 0, 0.8), (0.5, 10, 0.6)]:
+        warpers = LogitsProcessorList([TemperatureLogitsWarper(t)]
+                                      + ([TopKLogitsWarper(k)] if k else [])
+                                      + ([TopPLogitsWarper(p)] if p < 1 else []))
+        expected = warpers(None, logits.clone()).softmax(-1)
+        actual = processed_probs(logits, SamplingConfig(True, t, k, p))
+        assert torch.allclose(actual, expected, atol=1e-12)

@@ -1,0 +1,72 @@
+"""Verifying a draft tree in one forward equals decoding each of its paths incrementally."""
+import torch
+
+from conftest import tiny_llama
+from specdec.target import Target
+from specdec.tree import DraftTree
+
+
+def full_forward_logits(model, tokens: list[int]) -> torch.Tensor:
+    with torch.no_grad():
+        return model(torch.tensor([tokens])).logits[0, -1]
+
+
+def test_tree_mask_and_positions():
+    """Each slot sees the context, the root, its ancestors and itself; positions follow depth."""
+    tree = DraftTree(torch.tensor([[5, 6, 7, 8]]), torch.tensor([-1, -1, 0, 2]))
+    mask = tree.attention_mask(torch.tensor([[False, True, True]]), torch.float64)[0, 0] == 0
+    expected_tree = torch.tensor([
+        [1, 0, 0, 0, 0],  # root
+        [1, 1, 0, 0, 0],  # node 0
+        [1, 0, 1, 0, 0],  # node 1 (sibling of 0)
+        [1, 1, 0, 1, 0],  # node 2 (child of 0)
+        [1, 1, 0, 1, 1],  # node 3 (child of 2)
+    ], dtype=torch.bool)
+    assert torch.equal(mask[:, :3], torch.tensor([[False, True, True]] * 5))
+    assert torch.equal(mask[:, 3:], expected_tree)
+    assert tree.position_ids(torch.tensor([2])).tolist() == [[2, 3, 3, 4, 5]]
+    assert tree.depth.tolist() == [1, 1, 2, 3]
+    assert not tree.is_chain and DraftTree.chain(torch.tensor([[1, 2]])).is_chain
+
+
+def test_tree_verification_equals_incremental_decoding():
+    """Logits at every tree node equal a plain forward over the prompt plus that node's path."""
+    model = tiny_llama(64, seed=3)
+    prompt = [5, 9, 13, 2, 40, 33]
+    # root: 0 -> {0: 11, 1: 12, 2: 13}; 0 -> 3: 21 -> 5: 31; 1 -> 4: 22
+    tree = DraftTree(torch.tensor([[11, 12, 13, 21, 22, 31]]), torch.tensor([-1, -1, -1, 0, 1, 3]))
+    target = Target(model)
+    root = target.prefill(torch.tensor([prompt]), torch.ones(1, len(prompt), dtype=torch.long))
+    logits = target.verify(root, tree).logits[0]
+    assert torch.allclose(logits[0], full_forward_logits(model, prompt), atol=1e-10)
+    for node in range(tree.num_nodes):
+        path = tree.tokens[0, tree.path_to(node)].tolist()
+        assert torch.allclose(logits[node + 1], full_forward_logits(model, prompt + path), atol=1e-10)
+
+
+def test_commit_compacts_cache_to_a_branch_path():
+    """After committing a path that is not a prefix of the node order, the cache is that path."""
+    model = tiny_llama(64, seed=4)
+    prompt = [7, 8, 9, 10]
+    tree = DraftTree(torch.tensor([[11, 12, 21, 22]]), torch.tensor([-1, -1, 1, 2]))
+    target = Target(model)
+    root = target.prefill(torch.tensor([prompt]), torch.ones(1, 4, dtype=torch.long))
+    target.verify(root, tree)
+    target.commit([[1, 2, 3]], tree.num_nodes)  # keep 12 -> 21 -> 22
+    next_root = torch.tensor([50])
+    logits = target.verify(next_root, DraftTree.empty(1)).logits[0, 0]
+    assert int(target.lengths[0]) == 3 + 1 + 3  # 3 prompt tokens cached, the old root, the path
+    assert torch.allclose(logits, full_forward_logits(model, prompt + [12, 21, 22, 50]), atol=1e-10)
+
+
+def test_commit_of_a_chain_prefix_crops():
+    """A chain's accepted prefix is kept by cropping; the next forward sees exactly that prefix."""
+    model = tiny_llama(64, seed=5)
+    prompt = [3, 4, 5]
+    tree = DraftTree.chain(torch.tensor([[30, 31, 32, 33]]))
+    target = Target(model)
+    root = target.prefill(torch.tensor([prompt]), torch.ones(1, 3, dtype=torch.long))
+    target.verify(root, tree)
+    target.commit([[0, 1]], tree.num_nodes)
+    logits = target.verify(torch.tensor([60]), DraftTree.empty(1)).logits[0, 0]
+    assert torch.allclose(logits, full_forward_logits(model, prompt + [30, 31, 60]), atol=1e-10)
