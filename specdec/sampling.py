@@ -53,7 +53,7 @@ def processed_probs(logits: torch.Tensor, config: SamplingConfig) -> torch.Tenso
 
 
 class Randomness:
-    """Every random decision of decoding goes through one of these two methods.
+    """Every random decision of decoding goes through one of these methods.
 
     Rules state their coin flips' probabilities explicitly, so a test can replace this object
     with one that enumerates every outcome and its exact probability.
@@ -72,6 +72,21 @@ class Randomness:
         flat = probs.reshape(-1, probs.shape[-1])
         drawn = torch.multinomial(flat, 1, generator=self.generator).squeeze(-1)
         return drawn.reshape(probs.shape[:-1])
+
+    def without_replacement(self, probs: torch.Tensor, count: int) -> torch.Tensor:
+        """``count`` distinct draws per row of ``probs`` [R, V], in draw order, by Gumbel-Top-k.
+
+        The order of log p + Gumbel noise is the order of sequential sampling without
+        replacement (Kool et al., 2019).  Rows with fewer than ``count`` possible tokens get -1
+        in the places past their support.  ``count == 1`` is one ordinary categorical draw.
+        """
+        if count == 1:
+            return self.categorical(probs)[:, None]
+        u = torch.rand(probs.shape, generator=self.generator, dtype=probs.dtype, device=probs.device)
+        gumbel = -torch.log(-torch.log(u.clamp_min(torch.finfo(probs.dtype).tiny)))
+        keys = torch.log(probs) + gumbel
+        top = torch.topk(keys, count, dim=-1)
+        return torch.where(torch.isfinite(top.values), top.indices, torch.full_like(top.indices, -1))
 
 
 def seeded_randomness(seed: int | None, device="cpu") -> Randomness:

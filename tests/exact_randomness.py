@@ -46,6 +46,22 @@ class ScriptedRandomness:
         return torch.tensor(out, dtype=torch.long, device=probs.device).reshape(probs.shape[:-1])
 
 
+    def without_replacement(self, probs: torch.Tensor, count: int) -> torch.Tensor:
+        """Sequential draws without replacement: the law Gumbel-Top-k samples from."""
+        out = []
+        for row in probs.reshape(-1, probs.shape[-1]):
+            law, drawn = row.clone(), []
+            for _ in range(count):
+                if law.sum() <= 0:
+                    drawn.append(-1)
+                    continue
+                x = self._decide((law / law.sum()).tolist())
+                drawn.append(x)
+                law[x] = 0
+            out.append(drawn)
+        return torch.tensor(out, dtype=torch.long, device=probs.device)
+
+
 def enumerate_law(run, tolerance: float = 0.0) -> dict:
     """Exact law of ``run(rng)``'s (hashable) result over every path of random choices.
 

@@ -2,6 +2,7 @@
 from .base import DraftRequest, Drafter
 from .draft_model import DraftModel
 from .prompt_lookup import PromptLookup, lookup_continuation
+from .recursive_tree import RecursiveTree
 from .self_draft import truncated_model
 
-__all__ = ["Drafter", "DraftRequest", "DraftModel", "PromptLookup", "lookup_continuation", "truncated_model"]
+__all__ = ["Drafter", "DraftRequest", "DraftModel", "PromptLookup", "RecursiveTree", "lookup_continuation", "truncated_model"]
