@@ -82,11 +82,14 @@ class Randomness:
         """
         if count == 1:
             return self.categorical(probs)[:, None]
-        u = torch.rand(probs.shape, generator=self.generator, dtype=probs.dtype, device=probs.device)
-        gumbel = -torch.log(-torch.log(u.clamp_min(torch.finfo(probs.dtype).tiny)))
-        keys = torch.log(probs) + gumbel
+        keys = torch.log(probs) + self.gumbel(probs.shape, probs.dtype, probs.device)
         top = torch.topk(keys, count, dim=-1)
         return torch.where(torch.isfinite(top.values), top.indices, torch.full_like(top.indices, -1))
+
+    def gumbel(self, shape, dtype: torch.dtype, device) -> torch.Tensor:
+        """Independent standard Gumbel noise."""
+        u = torch.rand(shape, generator=self.generator, dtype=dtype, device=device)
+        return -torch.log(-torch.log(u.clamp_min(torch.finfo(dtype).tiny)))
 
 
 def seeded_randomness(seed: int | None, device="cpu") -> Randomness:

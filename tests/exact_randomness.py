@@ -15,8 +15,11 @@ import torch
 class ScriptedRandomness:
     """Replays a script of choices, then takes the first possible choice at each new decision."""
 
-    def __init__(self, script: list[int]):
+    def __init__(self, script: list[int], gumbel_seed: int | None = None):
         self.script = list(script)
+        # continuous noise cannot be enumerated: with a seed it is drawn from a fixed stream, so
+        # an enumeration is exact *given* that stream (used for stochastic beam trees)
+        self._gumbel = None if gumbel_seed is None else torch.Generator().manual_seed(gumbel_seed)
         self.choices: list[int] = []
         self.options: list[list[float]] = []  # probability of each alternative at each decision
         self.weight = 1.0
@@ -62,16 +65,25 @@ class ScriptedRandomness:
         return torch.tensor(out, dtype=torch.long, device=probs.device)
 
 
-def enumerate_law(run, tolerance: float = 0.0) -> dict:
+    def gumbel(self, shape, dtype, device):
+        if self._gumbel is None:
+            raise TypeError("continuous Gumbel noise cannot be enumerated; give gumbel_seed")
+        u = torch.rand(shape, generator=self._gumbel, dtype=dtype, device=device)
+        return -torch.log(-torch.log(u.clamp_min(torch.finfo(dtype).tiny)))
+
+
+def enumerate_law(run, tolerance: float = 0.0, gumbel_seed: int | None = None) -> dict:
     """Exact law of ``run(rng)``'s (hashable) result over every path of random choices.
 
-    Paths whose probability falls to ``tolerance`` or below are not expanded further.
+    Paths whose probability falls to ``tolerance`` or below are not expanded further.  With
+    ``gumbel_seed``, Gumbel noise comes from that fixed stream on every path, and the law is
+    exact conditionally on it.
     """
     law: dict = defaultdict(float)
     stack: list[list[int]] = [[]]
     while stack:
         prefix = stack.pop()
-        rng = ScriptedRandomness(prefix)
+        rng = ScriptedRandomness(prefix, gumbel_seed)
         outcome = run(rng)
         law[outcome] += rng.weight
         weight = 1.0

@@ -111,3 +111,65 @@ def test_bad_arguments(target):
         drafters.RecursiveTree(target, (2,), method="beam")
     with pytest.raises(ValueError, match="max_nodes"):
         drafters.RecursiveTree(target, (2,), max_nodes=0)
+
+
+# ---- stochastic beam search -------------------------------------------------------------------
+
+@pytest.mark.parametrize("width,depth,max_nodes", [(1, 3, None), (3, 3, None), (4, 2, 6)])
+def test_stochastic_beam_greedy_matches_generate(target, width, depth, max_nodes):
+    """Greedy beam trees reproduce model.generate for any width, depth and budget."""
+    ids = torch.randint(3, VOCAB, (1, 6), generator=torch.Generator().manual_seed(4))
+    ref = target.generate(ids, max_new_tokens=24, do_sample=False, pad_token_id=0)
+    for draft in (target, noisy_copy(target, 0.4)):
+        drafter = drafters.RecursiveTree(draft, (width,) * depth, method="stochastic_beam",
+                                         beam_width=width, max_nodes=max_nodes)
+        out = specdec.generate(target, ids, drafter, max_new_tokens=24, eos_token_id=[])
+        assert torch.equal(out.sequences, ref)
+
+
+def test_stochastic_beam_tree_shape(target):
+    """At most width nodes per depth (width x depth in all), siblings distinct, budget held."""
+    draft = noisy_copy(target, 0.4)
+    ids = torch.randint(3, VOCAB, (1, 5), generator=torch.Generator().manual_seed(2))
+    rng = seeded_randomness(1)
+    for max_nodes, expected in ((None, 12), (7, 7)):
+        drafter = drafters.RecursiveTree(draft, (4, 4, 4), method="stochastic_beam", beam_width=4, max_nodes=max_nodes)
+        assert drafter.num_nodes == expected
+        for temperature in (0.5, 1.5):
+            drafter.start(target, ids, torch.ones_like(ids))
+            sampling = SamplingConfig(do_sample=True, temperature=temperature)
+            tree = drafter.propose(DraftRequest(ids, torch.ones_like(ids), 3, sampling, rng))
+            assert tree.num_nodes == expected
+            assert max(torch.bincount(tree.depth).tolist()) <= 4
+            for kids in tree.children:
+                tokens = tree.tokens[0, kids].tolist()
+                assert len(tokens) == len(set(tokens))
+
+
+def test_stochastic_beam_is_lossless():
+    """Averaged over Gumbel streams, the exact law given each stream matches the target's.
+
+    For each of many fixed Gumbel streams (which fix the beam trees), every other random
+    choice is enumerated exactly; the mean law must sit within a few standard errors of the
+    target's law in every cell, and the same check must reject the draft's own law.
+    """
+    target, draft = models()
+    config = SamplingConfig(do_sample=True)
+    expected = exact_law(target, 2, config)
+    drafter = drafters.RecursiveTree(draft, (3, 3), method="stochastic_beam", beam_width=3)
+    kwargs = dict(max_new_tokens=2, do_sample=True, eos_token_id=[])
+    streams = 400
+    per_stream = [
+        enumerate_law(lambda rng: generated(specdec.generate(target, PROMPT, drafter, randomness=rng, **kwargs)),
+                      gumbel_seed=s)
+        for s in range(streams)
+    ]
+    keys = sorted(expected)
+    table = torch.tensor([[law.get(k, 0.0) for k in keys] for law in per_stream], dtype=torch.float64)
+    mean, se = table.mean(0), table.std(0) / streams ** 0.5
+    truth = torch.tensor([expected[k] for k in keys], dtype=torch.float64)
+    assert bool(((mean - truth).abs() <= 5 * se + 1e-9).all())
+    assert abs(float(mean.sum()) - 1) < 1e-9
+    draft_law = exact_law(draft, 2, config)
+    wrong = torch.tensor([draft_law[k] for k in keys], dtype=torch.float64)
+    assert not bool(((mean - wrong).abs() <= 5 * se + 1e-9).all())
