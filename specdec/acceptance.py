@@ -73,7 +73,7 @@ def greedy_accept(tree: DraftTree, target_tokens: torch.Tensor) -> Acceptance:
     """
     b, n = tree.tokens.shape
     expected = target_tokens.gather(1, tree.parent_slots[None, :].expand(b, n))
-    mismatch = (tree.tokens != expected).to(torch.float32)  # [B, N]
+    mismatch = ((tree.tokens != expected) | ~tree.node_valid).to(torch.float32)  # [B, N]
     node_ancestry = tree.slot_ancestry[1:, 1:].to(torch.float32)  # [N, N], node-to-node
     accepted = (mismatch @ node_ancestry.T) == 0  # every node on the way matches
     depth = tree.depth[None, :].expand(b, n)
@@ -94,6 +94,7 @@ def speculative_sampling(
     q: torch.Tensor | None,
     p: torch.Tensor,
     rng: Randomness,
+    valid: torch.Tensor | None = None,
 ) -> Acceptance:
     """Speculative sampling for a chain of k drafted tokens.
 
@@ -101,6 +102,8 @@ def speculative_sampling(
     for deterministic drafts (point masses); ``p`` [B, k+1, V] the target's law at the root and
     after each draft.  Accept token i with probability min(1, p_i(x)/q_i(x)); at the first
     rejection draw from norm(max(0, p_i - q_i)); if all are accepted draw a bonus from p_k.
+    ``valid`` [B, k] marks placeholders (a row's draft ended early): the row stops there and
+    draws from p, as if it had drafted nothing more.
     """
     b, k = draft_tokens.shape
     vocab = p.shape[-1]
@@ -109,11 +112,16 @@ def speculative_sampling(
     q = q.to(p.dtype)
     p_draft = p[:, :k].gather(2, draft_tokens[..., None]).squeeze(-1)  # [B, k]
     q_draft = q.gather(2, draft_tokens[..., None]).squeeze(-1)
-    accept = rng.coins(acceptance_probability(p_draft, q_draft))  # [B, k]
+    if valid is None:
+        valid = torch.ones_like(draft_tokens, dtype=torch.bool)
+    chance = torch.where(valid, acceptance_probability(p_draft, q_draft), torch.zeros_like(p_draft))
+    accept = rng.coins(chance)  # [B, k]
     num_accepted = accept.long().cumprod(dim=1).sum(dim=1)  # leading accepts, per row
     rows = torch.arange(b, device=p.device)
     p_next = p[rows, num_accepted]  # [B, V]
-    rejected = num_accepted < k
+    rejected = num_accepted < k  # stopped before the chain's end...
+    if k:  # ...at a real draft (a placeholder subtracts nothing)
+        rejected = rejected & valid[rows, num_accepted.clamp(max=k - 1)]
     q_next = torch.zeros_like(p_next)
     q_next[rejected] = q[rows[rejected], num_accepted[rejected]]
     law = torch.where(rejected[:, None], residual(p_next, q_next), p_next)
@@ -136,12 +144,13 @@ def recursive_rejection_sampling(tree: DraftTree, p: torch.Tensor, rng: Randomne
     """
     b = tree.batch_size
     q = tree.draft_probs
+    valid = tree.node_valid.tolist()
     paths, next_tokens = [], []
     for row in range(b):
         slot, path = 0, []
         while True:
             r = p[row, slot]
-            kids = tree.children[slot]
+            kids = [node for node in tree.children[slot] if valid[row][node]]
             chosen = None
             law = q[row, kids[0]].to(p.dtype).clone() if (q is not None and kids) else None
             for node in kids:
@@ -183,7 +192,7 @@ def typical_accept(
     threshold = torch.minimum(torch.full_like(entropy, posterior_threshold), posterior_alpha * torch.exp(-entropy))
     parent_p = p.gather(1, tree.parent_slots[None, :, None].expand(b, n, p.shape[-1]))
     p_node = parent_p.gather(2, tree.tokens[..., None]).squeeze(-1)  # [B, N]
-    bad = (p_node <= threshold.gather(1, tree.parent_slots[None, :].expand(b, n))).to(torch.float32)
+    bad = ((p_node <= threshold.gather(1, tree.parent_slots[None, :].expand(b, n))) | ~tree.node_valid).to(torch.float32)
     node_ancestry = tree.slot_ancestry[1:, 1:].to(torch.float32)
     ok = (bad @ node_ancestry.T) == 0
     depth = tree.depth[None, :].expand(b, n)

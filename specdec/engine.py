@@ -34,7 +34,7 @@ def accept(tree: DraftTree, logits: torch.Tensor, sampling: SamplingConfig,
         return greedy_accept(tree, logits.argmax(dim=-1))
     p = processed_probs(logits, sampling)
     if tree.is_chain:
-        return speculative_sampling(tree.tokens, tree.draft_probs, p, rng)
+        return speculative_sampling(tree.tokens, tree.draft_probs, p, rng, tree.valid)
     return recursive_rejection_sampling(tree, p, rng)
 
 
@@ -65,16 +65,12 @@ def generate(
     _check_inputs(model, input_ids, attention_mask, max_new_tokens, drafter)
     if attention_mask is None:
         attention_mask = torch.ones_like(input_ids)
-    if input_ids.shape[0] != 1:
-        raise NotImplementedError(
-            f"batch size {input_ids.shape[0]}: batches need EQSPEC realignment, which is not built yet; "
-            "decode one row at a time"
-        )
     sampling = SamplingConfig(do_sample, temperature, top_k, top_p)
     eos = _eos_ids(model, eos_token_id)
     rng = randomness if randomness is not None else seeded_randomness(seed, input_ids.device)
     policy = as_policy(speculation, drafter.num_tokens if drafter is not None else 0)
     stats = DecodeStats()
+    device = input_ids.device
 
     started = time.perf_counter()
     verifier = Target(model)
@@ -83,19 +79,22 @@ def generate(
         drafter.start(model, input_ids, attention_mask)
     stats.prefill_seconds = time.perf_counter() - started
 
-    sequences, mask = input_ids, attention_mask
-    generated: list[int] = []
+    batch = input_ids.shape[0]
+    active = list(range(batch))  # original row of each row still decoding
+    committed = [row[m.bool()].tolist() for row, m in zip(input_ids, attention_mask)]
+    generated: list[list[int]] = [[] for _ in range(batch)]
     hidden = None
-    while True:
-        remaining = max_new_tokens - len(generated)
-        k = min(policy.next_length(), remaining - 1) if drafter is not None else 0
+    while active:
+        remaining = [max_new_tokens - len(generated[r]) for r in active]
+        k = min(policy.next_length(), min(remaining) - 1) if drafter is not None else 0
         # 1. propose
         t0 = time.perf_counter()
         if k > 0:
+            sequences, mask = left_padded([committed[r] for r in active], device)
             tree = drafter.propose(DraftRequest(sequences, mask, k, sampling, rng, hidden))
-            _check_tree(tree, k, input_ids.shape[0])
+            _check_tree(tree, k, len(active))
         else:
-            tree = DraftTree.empty(input_ids.shape[0], input_ids.device)
+            tree = DraftTree.empty(len(active), device)
         t1 = time.perf_counter()
         # 2. verify
         want_hidden = drafter is not None and drafter.needs_hidden_states
@@ -103,35 +102,84 @@ def generate(
         t2 = time.perf_counter()
         # 3. accept
         acceptance = accept(tree, verification.logits, sampling, rng)
-        path = acceptance.paths[0]
-        new_tokens = tree.tokens[0, path].tolist() + [int(acceptance.next_tokens[0])]
-        new_tokens = _truncate(new_tokens, remaining, eos)
-        # 4. commit
+        # 4. commit: every row keeps its path; the target and drafter realign their caches
         verifier.commit(acceptance.paths, tree.num_nodes)
         if k > 0:
             drafter.commit(acceptance, tree)
-            policy.observe(tree.num_nodes, len(path), time.perf_counter() - t0)
+        still = []
+        for i, row in enumerate(active):
+            path = acceptance.paths[i]
+            new = _truncate(tree.tokens[i, path].tolist() + [int(acceptance.next_tokens[i])], remaining[i], eos)
+            generated[row].extend(new)
+            committed[row].extend(new)
+            stats.accepted_histogram[len(path)] += 1
+            if len(generated[row]) < max_new_tokens and new[-1] not in eos:
+                still.append(i)
         if want_hidden:
-            hidden = verification.hidden[:, (path[-1] + 1) if path else 0]
-        generated.extend(new_tokens)
+            slots = torch.tensor([(p[-1] + 1) if p else 0 for p in acceptance.paths], device=device)
+            hidden = verification.hidden[torch.arange(len(active), device=device), slots]
         roots = acceptance.next_tokens
-        appended = torch.tensor([new_tokens], dtype=sequences.dtype, device=sequences.device)
-        sequences = torch.cat([sequences, appended], dim=1)
-        mask = torch.cat([mask, torch.ones_like(appended)], dim=1)
-        t3 = time.perf_counter()
+        # 5. adapt, and drop finished rows
+        if k > 0:
+            policy.observe(tree.num_nodes, sum(map(len, acceptance.paths)) / len(active), time.perf_counter() - t0)
         stats.steps += 1
+        stats.row_steps += len(active)
         stats.drafted_tokens += tree.num_nodes
-        stats.accepted_histogram[len(path)] += 1
+        if len(still) < len(active):
+            keep = torch.tensor(still, dtype=torch.long, device=device)
+            verifier.select_rows(keep)
+            if drafter is not None:
+                drafter.select_rows(keep)
+            roots = roots[keep]
+            hidden = hidden[keep] if hidden is not None else None
+            active = [active[i] for i in still]
+        t3 = time.perf_counter()
         stats.draft_seconds += t1 - t0
         stats.verify_seconds += t2 - t1
         stats.other_seconds += t3 - t2
-        if len(generated) >= max_new_tokens or new_tokens[-1] in eos:
-            break
     stats.total_seconds = time.perf_counter() - started
     stats.other_seconds += stats.prefill_seconds
-    stats.tokens_generated = len(generated)
+    stats.row_tokens = [len(g) for g in generated]
+    stats.tokens_generated = sum(stats.row_tokens)
     stats.target_forwards = verifier.forwards
-    return GenerateOutput(sequences, stats)
+    stats.realign_seconds = verifier.cache.realign_seconds
+    stats.realignments = verifier.cache.realignments
+    pad = _pad_id(model, pad_token_id, eos, generated)
+    return GenerateOutput(_assemble(input_ids, generated, pad), stats)
+
+
+def left_padded(rows: list[list[int]], device) -> tuple[torch.Tensor, torch.Tensor]:
+    """A left-padded [B, T] tensor of token lists and its attention mask."""
+    width = max(len(r) for r in rows)
+    ids = torch.zeros(len(rows), width, dtype=torch.long)
+    mask = torch.zeros(len(rows), width, dtype=torch.long)
+    for i, r in enumerate(rows):
+        if r:
+            ids[i, width - len(r):] = torch.tensor(r)
+            mask[i, width - len(r):] = 1
+    return ids.to(device), mask.to(device)
+
+
+def _assemble(input_ids: torch.Tensor, generated: list[list[int]], pad: int | None) -> torch.Tensor:
+    """Prompt plus generated tokens, rows padded after their end, as ``model.generate`` returns."""
+    width = max(len(g) for g in generated)
+    tail = torch.full((len(generated), width), pad if pad is not None else 0, dtype=input_ids.dtype)
+    for i, g in enumerate(generated):
+        tail[i, :len(g)] = torch.tensor(g, dtype=input_ids.dtype)
+    return torch.cat([input_ids, tail.to(input_ids.device)], dim=1)
+
+
+def _pad_id(model, pad_token_id, eos: set[int], generated: list[list[int]]) -> int | None:
+    if pad_token_id is not None:
+        return pad_token_id
+    config_pad = getattr(getattr(model, "generation_config", None), "pad_token_id", None)
+    if config_pad is not None:
+        return config_pad
+    if eos:
+        return min(eos)  # as transformers does: pad with EOS when no pad token is set
+    if len({len(g) for g in generated}) > 1:
+        raise ValueError("rows ended at different lengths but no pad_token_id is known; pass pad_token_id")
+    return None
 
 
 def _truncate(tokens: list[int], remaining: int, eos: set[int]) -> list[int]:

@@ -7,7 +7,8 @@ from dataclasses import dataclass, field
 
 @dataclass
 class DecodeStats:
-    steps: int = 0  # verification forwards (each yields at least one token)
+    steps: int = 0  # verification forwards (each yields at least one token per row)
+    row_steps: int = 0  # verification forwards times the rows decoding in each
     target_forwards: int = 0  # prefill included
     tokens_generated: int = 0
     drafted_tokens: int = 0  # nodes proposed over all steps
@@ -17,11 +18,18 @@ class DecodeStats:
     verify_seconds: float = 0.0
     other_seconds: float = 0.0  # acceptance, commits, bookkeeping
     total_seconds: float = 0.0
-
+    realign_seconds: float = 0.0  # part of other_seconds: moving KV entries of ragged rows
+    realignments: int = 0  # commits that needed a gather (the rest were plain crops)
+    row_tokens: list = field(default_factory=list)  # tokens generated per batch row
     @property
     def mean_accepted_tokens(self) -> float:
-        """Tokens per verification step, the correction/bonus token included (Spec-Bench's count)."""
-        return self.tokens_generated / self.steps if self.steps else 0.0
+        """Tokens per row per verification, the correction/bonus token included (Spec-Bench's count)."""
+        return self.tokens_generated / self.row_steps if self.row_steps else 0.0
+
+    @property
+    def aligned_fraction(self) -> float:
+        """Share of commits that needed no realignment (a crop sufficed)."""
+        return 1.0 - self.realignments / self.steps if self.steps else 1.0
 
     @property
     def tokens_per_second(self) -> float:
@@ -30,6 +38,7 @@ class DecodeStats:
     def as_dict(self) -> dict:
         return {
             "steps": self.steps,
+            "row_steps": self.row_steps,
             "target_forwards": self.target_forwards,
             "tokens_generated": self.tokens_generated,
             "drafted_tokens": self.drafted_tokens,
@@ -40,5 +49,8 @@ class DecodeStats:
             "verify_seconds": self.verify_seconds,
             "other_seconds": self.other_seconds,
             "total_seconds": self.total_seconds,
+            "realign_seconds": self.realign_seconds,
+            "aligned_fraction": self.aligned_fraction,
+            "row_tokens": list(self.row_tokens),
             "tokens_per_second": self.tokens_per_second,
         }

@@ -5,17 +5,16 @@ Wraps any Hugging Face causal LM that takes a 4D additive attention mask and exp
 committed token except the last one, the *root*; each verification feeds ``[root, *nodes]``
 so that plain decoding is a verification of the empty tree.
 
-Per row the wrapper tracks explicitly how many real tokens are cached (``lengths``, which is
-also the root's position) and which cache entries are real (``context_mask``, False at left
-padding) — never inferred from token values, since pad may equal EOS.
+The cache is a :class:`~specdec.kv.RaggedCache`: per row it knows which entries are real
+and so each row's length (the root's position), and it realigns rows that accepted
+different numbers of tokens.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 import torch
-from transformers import DynamicCache
-
+from .kv import RaggedCache
 from .tree import DraftTree
 
 
@@ -34,14 +33,8 @@ class Target:
         if not hasattr(model, "config") or not hasattr(model.config, "vocab_size"):
             raise TypeError(f"target must be a Hugging Face causal LM, got {type(model).__name__}")
         self.model = model
-        self.cache: DynamicCache | None = None
-        self.context_mask: torch.Tensor | None = None  # [B, C] bool, True at real cached entries
-        self.lengths: torch.Tensor | None = None  # [B] long, real tokens cached per row
+        self.cache: RaggedCache | None = None
         self.forwards = 0
-
-    @property
-    def vocab_size(self) -> int:
-        return self.model.get_output_embeddings().weight.shape[0]
 
     @property
     def device(self) -> torch.device:
@@ -52,8 +45,9 @@ class Target:
         return next(self.model.parameters()).dtype
 
     @property
-    def max_positions(self) -> int | None:
-        return getattr(self.model.config, "max_position_embeddings", None)
+    def lengths(self) -> torch.Tensor:
+        """[B] real tokens cached per row: the position of each row's root."""
+        return self.cache.lengths
 
     @torch.no_grad()
     def prefill(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
@@ -62,70 +56,54 @@ class Target:
         ``attention_mask`` [B, T] marks real tokens (left padding is 0); the last column must be
         real in every row.
         """
-        self.cache = DynamicCache(config=self.model.config)
+        self.cache = RaggedCache(self.model.config, input_ids.shape[0], input_ids.device)
         context_mask = attention_mask[:, :-1].bool()
-        self.context_mask = context_mask
-        self.lengths = context_mask.sum(dim=1)
         if input_ids.shape[1] > 1:
             positions = (context_mask.long().cumsum(dim=1) - 1).clamp_min(0)
             self.model(
                 input_ids=input_ids[:, :-1],
                 attention_mask=context_mask.long(),
                 position_ids=positions,
-                past_key_values=self.cache,
+                past_key_values=self.cache.kv,
                 use_cache=True,
                 logits_to_keep=1,
             )
             self.forwards += 1
+        self.cache.appended(context_mask)
         return input_ids[:, -1]
 
     @torch.no_grad()
     def verify(self, roots: torch.Tensor, tree: DraftTree, want_hidden: bool = False) -> Verification:
         """One forward over ``[root, *nodes]`` with tree attention; the cache grows by 1+N."""
-        mask = tree.attention_mask(self.context_mask, self.dtype)
         out = self.model(
             input_ids=tree.verify_inputs(roots),
-            attention_mask=mask,
-            position_ids=tree.position_ids(self.lengths),
-            past_key_values=self.cache,
+            attention_mask=tree.attention_mask(self.cache.mask, self.dtype),
+            position_ids=tree.position_ids(self.cache.lengths),
+            past_key_values=self.cache.kv,
             use_cache=True,
             output_hidden_states=want_hidden,
         )
         self.forwards += 1
+        self.cache.appended(torch.ones(roots.shape[0], 1 + tree.num_nodes, dtype=torch.bool))
         hidden = out.hidden_states[-1] if want_hidden else None
         return Verification(out.logits, hidden)
 
     def commit(self, paths: list[list[int]], num_nodes: int) -> None:
-        """Keep the root and the accepted nodes of the last verification; drop the rest.
+        """Keep each row's root and accepted nodes from the last verification; drop the rest.
 
-        The cache then holds the committed tokens contiguously; the token drawn after the path
-        becomes the next root and is not cached.
+        Rows that kept different numbers of nodes are realigned (EQSPEC): kept entries move
+        right, padding grows on the left.  The token drawn after each path becomes that row's
+        next root and is not cached.
         """
-        if len(paths) != 1:
-            raise NotImplementedError("committing ragged paths for batch size > 1 needs EQSPEC realignment")
-        path = paths[0]
-        c = self.context_mask.shape[1]
-        kept = 1 + len(path)
-        if path == list(range(len(path))) and _cache_length(self.cache) == c + 1 + num_nodes:
-            if kept < 1 + num_nodes:
-                self.cache.crop(kept - 1 - num_nodes)
-        else:
-            index = torch.tensor(list(range(c + 1)) + [c + 1 + i for i in path], device=self.device)
-            keep_cache_entries(self.cache, index)
-        ones = torch.ones(self.context_mask.shape[0], kept, dtype=torch.bool, device=self.device)
-        self.context_mask = torch.cat([self.context_mask, ones], dim=1)
-        self.lengths = self.lengths + kept
+        width = self.cache.width
+        keep = self.cache.mask.clone()
+        keep[:, width - num_nodes:] = False  # the nodes, unless accepted
+        for row, path in enumerate(paths):
+            if path:
+                keep[row, torch.tensor(path, device=keep.device) + width - num_nodes] = True
+        self.cache.keep(keep)
 
+    def select_rows(self, rows: torch.Tensor) -> None:
+        """Continue with the batch rows ``rows`` only."""
+        self.cache.select_rows(rows)
 
-def _cache_length(cache: DynamicCache) -> int:
-    return cache.get_seq_length()
-
-
-def keep_cache_entries(cache: DynamicCache, index: torch.Tensor) -> None:
-    """Keep only the cache entries at ``index`` (sequence positions), in that order, in every layer."""
-    for layer in cache.layers:
-        if getattr(layer, "is_sliding", False):
-            raise NotImplementedError("sliding-window caches cannot be compacted to a tree path")
-        if layer.is_initialized:
-            layer.keys = layer.keys.index_select(-2, index)
-            layer.values = layer.values.index_select(-2, index)

@@ -8,7 +8,8 @@ last committed token (its key/values are not cached yet), so *slot* 0 is the roo
 A chain is a tree whose every node has one child.  ``draft_probs`` holds, per node, the
 processed draft law its token was drawn from (the law at its parent, before earlier siblings
 were removed); ``None`` means the tokens are deterministic guesses (top-k, n-gram copies),
-which the acceptance rules treat as point masses.
+which the acceptance rules treat as point masses.  In a batch every row shares the tree's
+shape; ``valid`` marks placeholder nodes (a row with a shorter draft), which no rule accepts.
 """
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ class DraftTree:
     tokens: torch.Tensor  # [B, N] long: the drafted token of each node, per batch row
     parents: torch.Tensor  # [N] long: parent node of each node, -1 for children of the root
     draft_probs: torch.Tensor | None = None  # [B, N, V]: law each node was drawn from, or None
+    valid: torch.Tensor | None = None  # [B, N] bool: False at placeholder nodes a row lacks; None = all
 
     def __post_init__(self):
         if self.tokens.dim() != 2:
@@ -34,6 +36,8 @@ class DraftTree:
             raise ValueError("DraftTree.parents must number every parent before its children")
         if n and bool((self.parents < -1).any()):
             raise ValueError("DraftTree.parents must be -1 (root) or a node index")
+        if self.valid is not None and self.valid.shape != self.tokens.shape:
+            raise ValueError(f"DraftTree.valid must match tokens {tuple(self.tokens.shape)}, got {tuple(self.valid.shape)}")
         if self.draft_probs is not None and self.draft_probs.shape[:2] != self.tokens.shape:
             raise ValueError(
                 f"DraftTree.draft_probs must be [batch, nodes, vocab] matching tokens {tuple(self.tokens.shape)}, "
@@ -42,11 +46,19 @@ class DraftTree:
 
     # ---- construction -------------------------------------------------------------------
     @classmethod
-    def chain(cls, tokens: torch.Tensor, draft_probs: torch.Tensor | None = None) -> "DraftTree":
+    def chain(cls, tokens: torch.Tensor, draft_probs: torch.Tensor | None = None,
+              valid: torch.Tensor | None = None) -> "DraftTree":
         """A chain of ``tokens.shape[1]`` nodes, each the child of the one before."""
         n = tokens.shape[1]
         parents = torch.arange(-1, n - 1, device=tokens.device)
-        return cls(tokens, parents, draft_probs)
+        return cls(tokens, parents, draft_probs, valid)
+
+    @property
+    def node_valid(self) -> torch.Tensor:
+        """[B, N] bool: which nodes are real drafts (all, unless ``valid`` says otherwise)."""
+        if self.valid is None:
+            return torch.ones_like(self.tokens, dtype=torch.bool)
+        return self.valid
 
     @classmethod
     def empty(cls, batch_size: int, device: torch.device | str = "cpu") -> "DraftTree":

@@ -53,9 +53,9 @@ def test_commit_compacts_cache_to_a_branch_path():
     root = target.prefill(torch.tensor([prompt]), torch.ones(1, 4, dtype=torch.long))
     target.verify(root, tree)
     target.commit([[1, 2, 3]], tree.num_nodes)  # keep 12 -> 21 -> 22
+    assert int(target.lengths[0]) == 3 + 1 + 3  # 3 prompt tokens cached, the old root, the path
     next_root = torch.tensor([50])
     logits = target.verify(next_root, DraftTree.empty(1)).logits[0, 0]
-    assert int(target.lengths[0]) == 3 + 1 + 3  # 3 prompt tokens cached, the old root, the path
     assert torch.allclose(logits, full_forward_logits(model, prompt + [12, 21, 22, 50]), atol=1e-10)
 
 

@@ -44,7 +44,10 @@ class Drafter(abc.ABC):
         """A draft tree at most ``request.num_tokens`` deep (``num_tokens`` >= 1)."""
 
     def commit(self, acceptance: Acceptance, tree: DraftTree) -> None:
-        """What the target kept of the last proposal (paths and the token after them)."""
+        """What the target kept of the last proposal (paths and the token after them), per row."""
+
+    def select_rows(self, rows: torch.Tensor) -> None:
+        """Continue with the batch rows ``rows`` only (finished rows are dropped)."""
 
     @property
     def name(self) -> str:

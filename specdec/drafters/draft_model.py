@@ -2,21 +2,37 @@
 from __future__ import annotations
 
 import torch
-from transformers import DynamicCache
 
 from ..acceptance import Acceptance
+from ..kv import RaggedCache
 from ..sampling import choose
 from ..tree import DraftTree
 from .base import DraftRequest, Drafter, check_same_vocabulary
 from .self_draft import truncated_model
 
 
+def catch_up_block(request: DraftRequest, cached: torch.Tensor):
+    """The committed tokens each row's draft cache lacks, right-aligned in one block.
+
+    Returns ``(tokens [B, W], real [B, W], positions [B, W])``; every row's last committed token
+    (its root) sits in the last column.
+    """
+    sequences, mask = request.sequences, request.attention_mask.bool()
+    committed = mask.sum(dim=1)
+    missing = committed - cached
+    width = int(missing.max())
+    cols = torch.arange(width, device=sequences.device)[None]
+    real = cols >= (width - missing)[:, None]
+    positions = (cached[:, None] + cols - (width - missing)[:, None]).clamp_min(0)
+    return sequences[:, -width:], real, positions
+
+
 class DraftModel(Drafter):
     """Drafts ``num_tokens`` tokens one at a time with ``model``, keeping its own KV cache.
 
-    The draft's cache follows the committed sequence: after each verification it is cropped
-    to the tokens the target accepted, and the next proposal feeds what it has not seen (the
-    correction or bonus token) before drafting on.
+    The draft's cache follows the committed sequence row by row: after each verification it
+    keeps what the target accepted, and the next proposal first feeds what it has not seen
+    (the correction or bonus token) before drafting on.
     """
 
     def __init__(self, model: torch.nn.Module, num_tokens: int = 4):
@@ -26,9 +42,8 @@ class DraftModel(Drafter):
             raise ValueError(f"num_tokens must be >= 1, got {num_tokens}")
         self.model = model
         self.num_tokens = int(num_tokens)
-        self._cache: DynamicCache | None = None
-        self._cached = 0  # columns of the committed sequence held in the cache
-        self._proposed_from = 0  # sequence length when the last tree was proposed
+        self._cache: RaggedCache | None = None
+        self._committed: torch.Tensor | None = None  # [B] committed tokens when last proposing
         self._fed_drafts = 0  # drafted tokens fed into the cache by the last proposal
 
     @classmethod
@@ -38,38 +53,38 @@ class DraftModel(Drafter):
 
     def start(self, target_model, input_ids, attention_mask) -> None:
         check_same_vocabulary(self.model, target_model)
-        if input_ids.shape[0] != 1:
-            raise NotImplementedError("DraftModel drafts for batch size 1 until EQSPEC realignment lands")
-        self._cache = DynamicCache(config=self.model.config)
-        self._cached = 0
+        self._cache = RaggedCache(self.model.config, input_ids.shape[0], input_ids.device)
+
+    def _forward(self, tokens, real, positions):
+        attention = torch.cat([self._cache.mask, real], dim=1).long()
+        logits = self.model(input_ids=tokens, attention_mask=attention, position_ids=positions,
+                            past_key_values=self._cache.kv, use_cache=True, logits_to_keep=1).logits[:, -1]
+        self._cache.appended(real)
+        return logits
 
     @torch.no_grad()
     def propose(self, request: DraftRequest) -> DraftTree:
-        sequences = request.sequences
-        new = sequences[:, self._cached:]
-        positions = torch.arange(self._cached, sequences.shape[1], device=sequences.device)[None]
-        tokens, laws = [], []
+        self._committed = request.attention_mask.sum(dim=1)
+        tokens, real, positions = catch_up_block(request, self._cache.lengths)
+        drafted, laws = [], []
         for step in range(request.num_tokens):
-            logits = self.model(
-                input_ids=new,
-                position_ids=positions,
-                past_key_values=self._cache,
-                use_cache=True,
-                logits_to_keep=1,
-            ).logits[:, -1]
+            logits = self._forward(tokens, real, positions)
             token, law = choose(logits, request.sampling, request.rng)
-            tokens.append(token)
+            drafted.append(token)
             laws.append(law)
-            new = token[:, None]
-            positions = positions[:, -1:] + 1
-        self._proposed_from = sequences.shape[1]
+            if step + 1 < request.num_tokens:
+                tokens, real = token[:, None], torch.ones_like(token[:, None], dtype=torch.bool)
+                positions = self._cache.lengths[:, None]
         self._fed_drafts = request.num_tokens - 1
-        self._cached = self._proposed_from + self._fed_drafts
         draft_probs = None if laws[0] is None else torch.stack(laws, dim=1)
-        return DraftTree.chain(torch.stack(tokens, dim=1), draft_probs)
+        return DraftTree.chain(torch.stack(drafted, dim=1), draft_probs)
 
     def commit(self, acceptance: Acceptance, tree: DraftTree) -> None:
-        valid = self._proposed_from + min(acceptance.num_accepted[0], self._fed_drafts)
-        if self._cached > valid:
-            self._cache.crop(valid - self._cached)
-            self._cached = valid
+        accepted = torch.tensor(acceptance.num_accepted, device=self._committed.device)
+        valid = self._committed + accepted.clamp(max=self._fed_drafts)
+        mask = self._cache.mask
+        self._cache.keep(mask & (mask.long().cumsum(dim=1) <= valid[:, None]))
+
+    def select_rows(self, rows: torch.Tensor) -> None:
+        self._cache.select_rows(rows)
+        self._committed = self._committed.index_select(0, rows) if self._committed is not None else None

@@ -28,7 +28,10 @@ def lookup_continuation(context: list[int], num_tokens: int, max_ngram: int, min
 
 
 class PromptLookup(Drafter):
-    """Deterministic n-gram copies from the context; proposes nothing when no n-gram matches."""
+    """Deterministic n-gram copies from the context; proposes nothing when no n-gram matches.
+
+    In a batch each row copies its own continuation; the chain is as long as the longest.
+    """
 
     def __init__(self, num_tokens: int = 10, max_ngram: int = 3, min_ngram: int = 1):
         if int(num_tokens) < 1:
@@ -39,15 +42,16 @@ class PromptLookup(Drafter):
         self.max_ngram = int(max_ngram)
         self.min_ngram = int(min_ngram)
 
-    def start(self, target_model, input_ids, attention_mask) -> None:
-        if input_ids.shape[0] != 1:
-            raise NotImplementedError("PromptLookup drafts for batch size 1 until EQSPEC realignment lands")
-
     def propose(self, request: DraftRequest) -> DraftTree:
         rows = []
         for seq, mask in zip(request.sequences, request.attention_mask):
             context = seq[mask.bool()].tolist()
             rows.append(lookup_continuation(context, request.num_tokens, self.max_ngram, self.min_ngram))
-        width = min(len(r) for r in rows)
-        tokens = torch.tensor([r[:width] for r in rows], dtype=torch.long, device=request.sequences.device)
-        return DraftTree.chain(tokens.reshape(len(rows), width))
+        width = max(len(r) for r in rows)
+        tokens = torch.zeros(len(rows), width, dtype=torch.long)
+        valid = torch.zeros(len(rows), width, dtype=torch.bool)
+        for i, r in enumerate(rows):  # rows with shorter matches get placeholders no rule accepts
+            tokens[i, :len(r)] = torch.tensor(r, dtype=torch.long)
+            valid[i, :len(r)] = True
+        device = request.sequences.device
+        return DraftTree.chain(tokens.to(device), valid=None if bool(valid.all()) else valid.to(device))

@@ -20,13 +20,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from transformers import DynamicCache
 
 from ..acceptance import Acceptance
 from ..sampling import processed_probs
-from ..target import keep_cache_entries
+from ..kv import RaggedCache
 from ..tree import DraftTree
 from .base import DraftRequest, Drafter, check_same_vocabulary
+from .draft_model import catch_up_block
 
 METHODS = ("gumbel_topk", "stochastic_beam")
 
@@ -85,7 +85,12 @@ class _Child:
 
 
 class RecursiveTree(Drafter):
-    """Draft trees from a small causal LM, sampled without replacement."""
+    """Draft trees from a small causal LM, sampled without replacement.
+
+    In a batch every row's tree has the same shape (gumbel_topk); a row whose law has fewer
+    possible tokens than a node's branching gets placeholder nodes that no rule accepts.
+    Stochastic beam trees differ in shape from row to row and run at batch size 1.
+    """
 
     def __init__(self, model: torch.nn.Module, branching=(3, 2, 1), method: str = "gumbel_topk",
                  max_nodes: int | None = None, beam_width: int | None = None):
@@ -106,10 +111,9 @@ class RecursiveTree(Drafter):
         self.max_nodes = None if max_nodes is None else int(max_nodes)
         self.beam_width = int(beam_width) if beam_width is not None else max(branching)
         self.num_tokens = len(branching)
-        self._cache: DynamicCache | None = None
-        self._cached = 0
-        self._context = 0  # committed tokens cached when the last tree was proposed
-        self._fed: list[int] = []  # tree nodes whose key/values sit in the cache, in order
+        self._cache: RaggedCache | None = None
+        self._context = 0  # cache columns holding committed tokens when the tree was proposed
+        self._fed: list[int] = []  # tree nodes whose key/values follow them in the cache, in order
 
     @property
     def num_nodes(self) -> int:
@@ -120,23 +124,32 @@ class RecursiveTree(Drafter):
 
     def start(self, target_model, input_ids, attention_mask) -> None:
         check_same_vocabulary(self.model, target_model)
-        if input_ids.shape[0] != 1:
-            raise NotImplementedError("RecursiveTree drafts for batch size 1 until EQSPEC realignment lands")
-        self._cache = DynamicCache(config=self.model.config)
-        self._cached = 0
+        if input_ids.shape[0] != 1 and self.method == "stochastic_beam":
+            raise NotImplementedError(
+                "stochastic_beam trees differ in shape between rows; batches (B > 1) need method='gumbel_topk'"
+            )
+        self._cache = RaggedCache(self.model.config, input_ids.shape[0], input_ids.device)
 
     # ---- growing one depth -----------------------------------------------------------------
-    def _topk_children(self, logits, frontier, counts, request) -> list[_Child]:
+    def _topk_children(self, logits, frontier, counts, request):
+        """Children of every frontier node in every row: tokens [B, M] (-1 = none), parents, laws."""
         width = max(counts)
+        b, f, v = logits.shape
         if not request.sampling.do_sample:
-            drawn = torch.topk(logits, width, dim=-1).indices
+            drawn, q = torch.topk(logits, width, dim=-1).indices, None
         else:
-            drawn = request.rng.without_replacement(processed_probs(logits, request.sampling), width)
-        return [_Child(parent, row, token)
-                for row, (parent, count) in enumerate(zip(frontier, counts))
-                for token in drawn[row, :count].tolist() if token >= 0]
+            q = processed_probs(logits, request.sampling)
+            drawn = request.rng.without_replacement(q.reshape(b * f, v), width).reshape(b, f, width)
+        columns, parents, rows = [], [], []
+        for i, (parent, count) in enumerate(zip(frontier, counts)):
+            for j in range(count):
+                columns.append(drawn[:, i, j])
+                parents.append(parent)
+                rows.append(i)
+        return torch.stack(columns, dim=1), parents, rows, q
 
     def _beam_children(self, logits, frontier, parents_state, keep, request) -> list[_Child]:
+        logits = logits[0]
         if request.sampling.do_sample:
             log_q = torch.log(processed_probs(logits, request.sampling))
         else:
@@ -159,45 +172,73 @@ class RecursiveTree(Drafter):
         children.sort(key=lambda c: (c.row, -c.score))
         return children
 
-    # ---- the draft forward ---------------------------------------------------------------
-    def _forward(self, tokens, positions, mask=None):
-        return self.model(input_ids=tokens, position_ids=positions, attention_mask=mask,
-                          past_key_values=self._cache, use_cache=True).logits
+    # ---- the draft forwards --------------------------------------------------------------
+    def _forward(self, tokens, real, positions, attention):
+        logits = self.model(input_ids=tokens, position_ids=positions, attention_mask=attention,
+                            past_key_values=self._cache.kv, use_cache=True).logits
+        self._cache.appended(real)
+        return logits
 
-    def _feed_frontier(self, tokens, parents, frontier, fed, context, depth, device):
+    def _feed_frontier(self, tokens, parents, frontier, fed, lengths, depth):
         """One draft forward over the frontier with tree attention: context, ancestors, itself."""
-        partial = DraftTree(torch.tensor([tokens], device=device), torch.tensor(parents, device=device))
+        device = tokens.device
+        partial = DraftTree(tokens, torch.tensor(parents, device=device))
         rows = partial.slot_ancestry[1:, 1:][frontier][:, fed + frontier]
-        visible = torch.cat([torch.ones(len(frontier), context, dtype=torch.bool, device=device), rows], dim=1)
+        b = tokens.shape[0]
+        visible = torch.cat([self._cache.mask[:, : self._context][:, None, :].expand(b, len(frontier), -1),
+                             rows[None].expand(b, -1, -1)], dim=2)
         dtype = next(self.model.parameters()).dtype
-        mask = torch.zeros(1, 1, *visible.shape, dtype=dtype, device=device)
-        mask = mask.masked_fill(~visible[None, None], torch.finfo(dtype).min)
-        positions = torch.full((1, len(frontier)), context - 1 + depth, dtype=torch.long, device=device)
-        frontier_tokens = torch.tensor([[tokens[n] for n in frontier]], device=device)
-        return self._forward(frontier_tokens, positions, mask)[0]
+        mask = torch.zeros(b, 1, *visible.shape[1:], dtype=dtype, device=device)
+        mask = mask.masked_fill(~visible[:, None], torch.finfo(dtype).min)
+        positions = (lengths - 1 + depth)[:, None].expand(b, len(frontier))
+        real = torch.ones(b, len(frontier), dtype=torch.bool, device=device)
+        return self._forward(tokens[:, frontier], real, positions, mask)
 
     @torch.no_grad()
     def propose(self, request: DraftRequest) -> DraftTree:
-        sequences = request.sequences
-        device = sequences.device
-        context = sequences.shape[1]
-        if self.method == "stochastic_beam":
-            levels = beam_sizes(self.beam_width, len(self.branching), self.max_nodes)[: request.num_tokens]
-        else:
-            levels = level_sizes(self.branching, self.max_nodes)[: request.num_tokens]
         # depth 1 starts from the root: catch the cache up with the committed tokens
-        new = sequences[:, self._cached:]
-        positions = torch.arange(self._cached, context, device=device)[None]
-        logits = self._forward(new, positions)[0, -1:]
+        new, real, positions = catch_up_block(request, self._cache.lengths)
+        attention = torch.cat([self._cache.mask, real], dim=1).long()
+        logits = self._forward(new, real, positions, attention)[:, -1:]
+        self._context = self._cache.width
+        if self.method == "stochastic_beam":
+            return self._propose_beam(request, logits)
+        lengths = self._cache.lengths
+        device = logits.device
+        b = logits.shape[0]
+        levels = level_sizes(self.branching, self.max_nodes)[: request.num_tokens]
+        tokens = torch.zeros(b, 0, dtype=torch.long, device=device)
+        valid = torch.zeros(b, 0, dtype=torch.bool, device=device)
+        parents, laws, fed, frontier = [], [], [], [-1]
+        for depth, level in enumerate(levels, start=1):
+            drawn, kid_parents, kid_rows, q = self._topk_children(logits, frontier, level[: len(frontier)], request)
+            parent_valid = torch.stack([valid[:, p] if p >= 0 else torch.ones(b, dtype=torch.bool, device=device)
+                                        for p in kid_parents], dim=1)
+            frontier = list(range(tokens.shape[1], tokens.shape[1] + drawn.shape[1]))
+            valid = torch.cat([valid, parent_valid & (drawn >= 0)], dim=1)
+            tokens = torch.cat([tokens, drawn.clamp_min(0)], dim=1)
+            parents.extend(kid_parents)
+            if q is not None:
+                laws.append(q[:, kid_rows])
+            if depth == len(levels):
+                break
+            logits = self._feed_frontier(tokens, parents, frontier, fed, lengths, depth)
+            fed.extend(frontier)
+        self._fed = fed
+        draft_probs = torch.cat(laws, dim=1) if laws else None
+        return DraftTree(tokens, torch.tensor(parents, dtype=torch.long, device=device), draft_probs,
+                         None if bool(valid.all()) else valid)
+
+    def _propose_beam(self, request: DraftRequest, logits: torch.Tensor) -> DraftTree:
+        device = logits.device
+        lengths = self._cache.lengths
+        levels = beam_sizes(self.beam_width, len(self.branching), self.max_nodes)[: request.num_tokens]
         tokens, parents, laws, fed = [], [], [], []
         frontier, state = [-1], [_Child(-1, 0, -1)]
-        for depth, level in enumerate(levels, start=1):
-            if self.method == "stochastic_beam":
-                children = self._beam_children(logits, frontier, state, level, request)
-            else:
-                children = self._topk_children(logits, frontier, level[: len(frontier)], request)
+        for depth, keep in enumerate(levels, start=1):
+            children = self._beam_children(logits, frontier, state, keep, request)
             if request.sampling.do_sample:
-                q = processed_probs(logits, request.sampling)
+                q = processed_probs(logits[0], request.sampling)
                 laws.extend(q[c.row] for c in children)
             frontier = list(range(len(tokens), len(tokens) + len(children)))
             tokens.extend(c.token for c in children)
@@ -205,17 +246,23 @@ class RecursiveTree(Drafter):
             state = children
             if not frontier or depth == len(levels):
                 break
-            logits = self._feed_frontier(tokens, parents, frontier, fed, context, depth, device)
+            ids = torch.tensor([tokens], dtype=torch.long, device=device)
+            logits = self._feed_frontier(ids, parents, frontier, fed, lengths, depth)
             fed.extend(frontier)
-        self._context, self._fed, self._cached = context, fed, context + len(fed)
+        self._fed = fed
         draft_probs = torch.stack(laws)[None] if laws else None
         return DraftTree(torch.tensor([tokens], dtype=torch.long, device=device),
                          torch.tensor(parents, dtype=torch.long, device=device), draft_probs)
 
     def commit(self, acceptance: Acceptance, tree: DraftTree) -> None:
-        kept = [n for n in acceptance.paths[0] if n in self._fed]
-        slots = {node: self._context + i for i, node in enumerate(self._fed)}
-        index = list(range(self._context)) + [slots[n] for n in kept]
-        if len(index) != self._cached:
-            keep_cache_entries(self._cache, torch.tensor(index, device=tree.tokens.device))
-        self._cached = len(index)
+        keep = self._cache.mask.clone()
+        keep[:, self._context:] = False
+        slot = {node: self._context + i for i, node in enumerate(self._fed)}
+        for row, path in enumerate(acceptance.paths):
+            for node in path:
+                if node in slot:
+                    keep[row, slot[node]] = True
+        self._cache.keep(keep)
+
+    def select_rows(self, rows: torch.Tensor) -> None:
+        self._cache.select_rows(rows)
