@@ -1,0 +1,176 @@
+"""The Hydra app behind ``python -m specdec.bench``: configs in, results files and a summary line out.
+
+Which methods run:
+
+- ``drafter=X`` given: the baseline and ``specdec_X`` (so ``-m drafter=a,b`` sweeps drafters);
+- else ``methods`` (default ``all``): the baseline, ``specdec_<x>`` for every ``configs/drafter/<x>.yaml``
+  and every other ``configs/method/<m>.yaml``; or a list of those names.
+
+A method's config is the run's own config recomposed with that drafter or method selected, so
+``${target...}`` interpolations and the command line's overrides apply to it as to the run.
+"""
+from __future__ import annotations
+
+import datetime
+import logging
+import os
+import platform
+import sys
+import time
+
+import hydra
+import torch
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from . import metrics, report
+from .methods import Decoding, build_method, build_specdec
+from .prompts import encode, load_prompts
+from .runner import run_prompts, warm_up
+
+log = logging.getLogger("specdec.bench")
+SPECDEC_PREFIX = "specdec_"
+
+
+@hydra.main(version_base="1.3", config_path="pkg://specdec.configs", config_name="bench")
+def main(cfg: DictConfig) -> None:
+    started = time.perf_counter()
+    _quiet_transformers()
+    hydra_cfg = HydraConfig.get()
+    drafter_choice = hydra_cfg.runtime.choices.get("drafter")
+    loader = GlobalHydra.instance().config_loader()
+    names = select_methods(cfg.methods, drafter_choice, cfg.baseline,
+                           loader.get_group_options("drafter"), loader.get_group_options("method"))
+    configs = {name: _method_config(name, cfg, drafter_choice, hydra_cfg) for name in names}
+    document = run(cfg, configs, hydra_cfg.runtime.output_dir, started)
+    print(report.markdown(document), flush=True)
+    print(report.summary_line(document), flush=True)
+
+
+def select_methods(methods, drafter_choice: str | None, baseline: str,
+                   drafter_options: list[str], method_options: list[str]) -> list[str]:
+    """Method names to run, the baseline first.  See the module docstring for the rules."""
+    known = [SPECDEC_PREFIX + d for d in sorted(drafter_options, key=lambda d: (d != "none", d))]
+    known += sorted(method_options)
+    if baseline not in method_options:
+        raise ValueError(f"baseline {baseline!r} is not a config in method/: {sorted(method_options)}")
+    if drafter_choice is not None:
+        wanted = [SPECDEC_PREFIX + drafter_choice]
+    elif methods == "all":
+        wanted = known
+    elif isinstance(methods, str):
+        raise ValueError(f"methods must be 'all' or a list of names, got {methods!r}")
+    else:
+        wanted = list(methods)
+        unknown = [m for m in wanted if m not in known]
+        if unknown:
+            raise ValueError(f"unknown methods {unknown}; known: {known}")
+    return [baseline] + [m for m in dict.fromkeys(wanted) if m != baseline]
+
+
+def _method_config(name: str, cfg: DictConfig, drafter_choice, hydra_cfg) -> DictConfig:
+    """The config node that builds ``name``: the run's config recomposed with it selected."""
+    if name.startswith(SPECDEC_PREFIX) and name[len(SPECDEC_PREFIX):] == drafter_choice:
+        return cfg.drafter
+    overrides = [o for o in hydra_cfg.overrides.task if not _is_drafter_override(o)]
+    if name.startswith(SPECDEC_PREFIX):
+        drafter = name[len(SPECDEC_PREFIX):]
+        return hydra.compose(hydra_cfg.job.config_name, overrides=overrides + [f"drafter={drafter}"]).drafter
+    composed = hydra.compose(hydra_cfg.job.config_name, overrides=overrides + [f"+method={name}"])
+    return composed.method
+
+
+def _is_drafter_override(override: str) -> bool:
+    key = override.lstrip("+~").split("=", 1)[0]
+    return key == "drafter" or key.startswith("drafter.")
+
+
+def run(cfg: DictConfig, method_configs: dict[str, DictConfig], out_dir: str, started: float | None = None) -> dict:
+    """Load the target, build the methods, time them and write the result files; return the document.
+
+    ``started`` (perf_counter) is when the job began: ``wall_seconds`` counts from it.
+    """
+    started = time.perf_counter() if started is None else started
+    if cfg.target.get("num_threads"):
+        torch.set_num_threads(int(cfg.target.num_threads))
+    timing = {}
+    t0 = time.perf_counter()
+    model, tokenizer = instantiate(cfg.target.load)
+    timing["load_seconds"] = time.perf_counter() - t0
+    log.info("loaded %s in %.1f s", cfg.target.name, timing["load_seconds"])
+    decoding = _decoding(cfg, model, tokenizer)
+
+    methods = []
+    for name, node in method_configs.items():
+        if name.startswith(SPECDEC_PREFIX):
+            methods.append(build_specdec(name, node, model, decoding))
+        else:
+            methods.append(build_method(name, node, model, decoding))
+    prompts = load_prompts(cfg.dataset.path, cfg.dataset.categories, cfg.dataset.per_category)
+    encoded = [encode(tokenizer, p.messages) for p in prompts]
+    log.info("%d methods x %d prompts, max_new_tokens=%d: %s", len(methods), len(prompts),
+             cfg.max_new_tokens, ", ".join(m.name for m in methods))
+
+    t0 = time.perf_counter()
+    warm_up(methods, model, encode(tokenizer, OmegaConf.to_container(cfg.warmup.messages)), cfg.warmup.max_new_tokens)
+    timing["warmup_seconds"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    records = run_prompts(methods, model, prompts, encoded, cfg.baseline, greedy=not cfg.do_sample,
+                          progress=cfg.progress)
+    timing["run_seconds"] = time.perf_counter() - t0
+    timing["wall_seconds"] = time.perf_counter() - started
+
+    names = [m.name for m in methods]
+    tables = metrics.summarize(records, names, cfg.baseline)
+    document = {
+        "schema_version": report.SCHEMA_VERSION,
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "target": cfg.target.name,
+        "baseline": cfg.baseline,
+        "methods": names,
+        "decoding": {k: getattr(decoding, k) for k in decoding.__dataclass_fields__},
+        "dataset": {"path": cfg.dataset.path, "categories": list(tables["by_category"]),
+                    "per_category": cfg.dataset.per_category, "prompts": len(prompts)},
+        "environment": _environment(),
+        "timing": timing,
+        "output_dir": str(out_dir),
+        "overall": tables["overall"],
+        "by_category": tables["by_category"],
+        "records": records,
+        "method_configs": {n: OmegaConf.to_container(c, resolve=True) for n, c in method_configs.items()},
+        "config": OmegaConf.to_container(cfg, resolve=True),
+    }
+    paths = report.write_all(document, out_dir)
+    log.info("wrote %s", ", ".join(str(p) for p in paths.values()))
+    return document
+
+
+def _decoding(cfg: DictConfig, model, tokenizer) -> Decoding:
+    """Budget, sampling and stopping rule shared by every method (eos from the model's config)."""
+    gen = getattr(model, "generation_config", None)
+    eos = getattr(gen, "eos_token_id", None)
+    eos = eos if eos is not None else tokenizer.eos_token_id
+    pad = getattr(gen, "pad_token_id", None)
+    pad = pad if pad is not None else (tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos)
+    if isinstance(pad, list):
+        pad = pad[0]
+    return Decoding(max_new_tokens=int(cfg.max_new_tokens), do_sample=bool(cfg.do_sample),
+                    temperature=float(cfg.temperature), top_k=int(cfg.top_k), top_p=float(cfg.top_p),
+                    eos_token_id=eos, pad_token_id=pad, seed=cfg.seed)
+
+
+def _environment() -> dict:
+    import transformers
+
+    return {"python": sys.version.split()[0], "torch": torch.__version__, "transformers": transformers.__version__,
+            "platform": platform.platform(), "cpu_count": os.cpu_count(), "num_threads": torch.get_num_threads()}
+
+
+def _quiet_transformers() -> None:
+    """Keep the console to the progress bar and our log: no weight-loading bars or deprecations."""
+    import transformers
+
+    transformers.logging.set_verbosity_error()
+    transformers.logging.disable_progress_bar()

@@ -1,0 +1,174 @@
+"""Decoding methods behind one small protocol: ``run(model, input_ids) -> (sequences, stats, seconds)``.
+
+Four classes cover every method the benchmark knows: Hugging Face's plain ``generate`` (the
+baseline), its assisted generation with a draft model, its prompt lookup, and specdec with any
+drafter.  A method is built from a Hydra config (``configs/method/*.yaml`` or
+``configs/drafter/*.yaml``) by :func:`instantiate_with_target`: every field left as ``???``
+receives the loaded target model, so a config can ask for it wherever a constructor needs it.
+"""
+from __future__ import annotations
+
+import contextlib
+import copy
+import time
+from dataclasses import dataclass
+from typing import Protocol
+
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+import specdec
+from specdec import DecodeStats
+from specdec.drafters import Drafter
+
+TARGET_PLACEHOLDER = "???"  # a config field left missing receives the target model
+
+
+@dataclass(frozen=True)
+class Decoding:
+    """What every method is asked to do: the same budget, stopping rule and sampling law."""
+
+    max_new_tokens: int
+    do_sample: bool = False
+    temperature: float = 1.0
+    top_k: int = 0
+    top_p: float = 1.0
+    eos_token_id: int | list[int] | None = None
+    pad_token_id: int | None = None
+    seed: int | None = 0
+
+    def hf_kwargs(self) -> dict:
+        """Keyword arguments for ``model.generate``; sampling flags only when sampling."""
+        kwargs = dict(max_new_tokens=self.max_new_tokens, do_sample=self.do_sample,
+                      eos_token_id=self.eos_token_id, pad_token_id=self.pad_token_id)
+        if self.do_sample:  # HF's own default top_k is 50: say 0 explicitly, as specdec means it
+            kwargs.update(temperature=self.temperature, top_k=self.top_k, top_p=self.top_p)
+        return kwargs
+
+    def specdec_kwargs(self) -> dict:
+        return dict(max_new_tokens=self.max_new_tokens, do_sample=self.do_sample,
+                    temperature=self.temperature, top_k=self.top_k, top_p=self.top_p,
+                    eos_token_id=self.eos_token_id, pad_token_id=self.pad_token_id, seed=self.seed)
+
+
+class Method(Protocol):
+    """One way of decoding.  ``seconds`` is the wall time of the call (perf_counter)."""
+
+    name: str
+    decoding: Decoding  # read at every run, so the warm-up may shorten the budget
+
+    def run(self, model: torch.nn.Module, input_ids: torch.Tensor) -> tuple[torch.Tensor, DecodeStats | None, float]:
+        ...
+
+
+class HFGenerate:
+    """Hugging Face ``model.generate`` with ``extra`` generation arguments (none: the baseline)."""
+
+    def __init__(self, name: str, decoding: Decoding, **extra):
+        self.name = name
+        self.decoding = decoding
+        self.extra = extra
+
+    def run(self, model, input_ids):
+        if self.decoding.seed is not None:
+            torch.manual_seed(self.decoding.seed)
+        with torch.inference_mode():
+            start = time.perf_counter()
+            sequences = model.generate(input_ids, attention_mask=torch.ones_like(input_ids),
+                                       **self.decoding.hf_kwargs(), **self.extra)
+            seconds = time.perf_counter() - start
+        return sequences, None, seconds
+
+
+class HFPromptLookup(HFGenerate):
+    """Hugging Face prompt lookup decoding (``prompt_lookup_num_tokens``)."""
+
+    def __init__(self, name: str, decoding: Decoding, num_tokens: int = 10, max_ngram: int = 3):
+        super().__init__(name, decoding, prompt_lookup_num_tokens=int(num_tokens),
+                         max_matching_ngram_size=int(max_ngram))
+
+
+class HFAssisted(HFGenerate):
+    """Hugging Face assisted generation with the draft model of a specdec ``DraftModel``.
+
+    The assistant gets its own generation config so that it drafts exactly ``num_tokens``
+    tokens every step, as specdec does: a constant schedule and no confidence early stop
+    (transformers' defaults are 20 tokens and a 0.4 threshold, tuned on the fly).
+    """
+
+    def __init__(self, name: str, decoding: Decoding, assistant: Drafter, num_tokens: int | None = None):
+        model = getattr(assistant, "model", None)
+        if model is None:
+            raise TypeError(f"{name}: the assistant must be a drafter with a .model (DraftModel), "
+                            f"got {type(assistant).__name__}")
+        k = int(num_tokens if num_tokens is not None else assistant.num_tokens)
+        model = copy.copy(model)  # a self-draft shares its target's generation_config object
+        model.generation_config = copy.deepcopy(model.generation_config)
+        model.generation_config.num_assistant_tokens = k
+        model.generation_config.num_assistant_tokens_schedule = "constant"
+        model.generation_config.assistant_confidence_threshold = 0.0
+        super().__init__(name, decoding, assistant_model=model)
+        self.num_tokens = k
+
+
+class Specdec:
+    """``specdec.generate`` with one drafter (None: plain decoding through specdec's loop)."""
+
+    def __init__(self, name: str, decoding: Decoding, drafter: Drafter | None = None, speculation=None):
+        self.name = name
+        self.decoding = decoding
+        self.drafter = drafter
+        self.speculation = speculation
+
+    def run(self, model, input_ids):
+        with torch.inference_mode():
+            start = time.perf_counter()
+            out = specdec.generate(model, input_ids, drafter=self.drafter, speculation=self.speculation,
+                                   **self.decoding.specdec_kwargs())
+            seconds = time.perf_counter() - start
+        return out.sequences, out.stats, seconds
+
+
+def instantiate_with_target(cfg: DictConfig, target_model: torch.nn.Module, **kwargs):
+    """``hydra.utils.instantiate`` where every ``???`` field (at any depth) is the target model."""
+    container = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=False)
+
+    def fill(node):
+        if isinstance(node, dict):
+            return {k: fill(v) for k, v in node.items()}
+        if isinstance(node, list):
+            return [fill(v) for v in node]
+        return target_model if node == TARGET_PLACEHOLDER else node
+
+    return instantiate(fill(container), **kwargs)
+
+
+def build_specdec(name: str, drafter_cfg: DictConfig, target_model, decoding: Decoding) -> Specdec:
+    """A specdec method from a ``configs/drafter/`` config (``_target_: null`` is no drafter)."""
+    drafter = None
+    if drafter_cfg.get("_target_") is not None:
+        drafter = instantiate_with_target(drafter_cfg, target_model)
+    return Specdec(name, decoding, drafter)
+
+
+def build_method(name: str, method_cfg: DictConfig, target_model, decoding: Decoding) -> Method:
+    """A method from a ``configs/method/`` config: its class gets ``name`` and ``decoding``."""
+    factory = instantiate_with_target(method_cfg, target_model, _partial_=True)
+    return factory(name=name, decoding=decoding)
+
+
+@contextlib.contextmanager
+def count_forwards(model: torch.nn.Module):
+    """Count forward calls of ``model`` itself (a self-draft shares its hooks, so check identity)."""
+    counter = {"forwards": 0}
+
+    def hook(module, args):
+        if module is model:
+            counter["forwards"] += 1
+
+    handle = model.register_forward_pre_hook(hook)
+    try:
+        yield counter
+    finally:
+        handle.remove()

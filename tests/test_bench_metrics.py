@@ -1,0 +1,84 @@
+"""specdec.bench.metrics: the arithmetic of every reported number, on hand-made timings."""
+from __future__ import annotations
+
+import pytest
+
+from specdec.bench import metrics
+
+
+def rec(prompt, category, method, tokens, seconds, steps=None, forwards=None, parts=None, identical=True):
+    """A hand-made record; ``parts`` = (draft, verify, other) seconds, None for a Hugging Face method."""
+    draft, verify, other = parts if parts is not None else (None, None, None)
+    return {"prompt_id": prompt, "category": category, "method": method, "new_tokens": tokens,
+            "seconds": seconds, "steps": steps if steps is not None else tokens,
+            "target_forwards": forwards if forwards is not None else tokens,
+            "draft_seconds": draft, "verify_seconds": verify, "other_seconds": other, "identical": identical}
+
+
+RECORDS = [
+    # baseline: 10 tokens in 2 s and 30 tokens in 2 s
+    rec("a1", "a", "base", 10, 2.0),
+    rec("b1", "b", "base", 30, 2.0),
+    # fast: same tokens in 1 s and 1.5 s, 5 and 10 steps, the second prompt differs from the baseline
+    rec("a1", "a", "fast", 10, 1.0, steps=5, forwards=6, parts=(0.25, 0.5, 0.25)),
+    rec("b1", "b", "fast", 30, 1.5, steps=10, forwards=11, parts=(0.5, 0.75, 0.25), identical=False),
+]
+
+
+def test_totals_then_ratios():
+    """tokens/s, mean accepted and forwards are ratios and sums of totals over prompts, not means of ratios."""
+    m = metrics.method_metrics([r for r in RECORDS if r["method"] == "fast"],
+                               [r for r in RECORDS if r["method"] == "base"])
+    assert m["prompts"] == 2 and m["new_tokens"] == 40 and m["seconds"] == 2.5
+    assert m["tokens_per_second"] == 16.0  # 40 / 2.5
+    assert m["mean_accepted_tokens"] == 40 / 15
+    assert m["target_forwards"] == 17
+
+
+def test_speedup_is_the_ratio_of_seconds_per_token():
+    """Speedup = baseline s/token over method s/token: (4/40) / (2.5/40) = 1.6, and 1.0 for the baseline."""
+    table = metrics.summarize(RECORDS, ["base", "fast"], "base")
+    assert table["overall"]["fast"]["speedup"] == pytest.approx(1.6, abs=1e-15)
+    assert table["overall"]["base"]["speedup"] == 1.0
+    assert table["by_category"]["a"]["fast"]["speedup"] == 2.0
+    assert table["by_category"]["b"]["fast"]["speedup"] == pytest.approx(4 / 3, abs=1e-15)
+
+
+def test_speedup_uses_only_shared_prompts_and_token_counts():
+    """A prompt the baseline lacks is left out; different token counts compare per token."""
+    base = [rec("p", "c", "base", 20, 4.0)]
+    rows = [rec("p", "c", "m", 10, 1.0), rec("q", "c", "m", 10, 100.0)]
+    assert metrics.speedup(rows, base) == 2.0  # 0.2 s/token against 0.1 s/token
+
+
+def test_time_shares_sum_to_one_and_are_none_without_stats():
+    """Shares are summed draft/verify/other seconds over their sum; Hugging Face methods have none."""
+    shares = metrics.time_shares([r for r in RECORDS if r["method"] == "fast"])
+    assert shares == {"draft_share": 0.75 / 2.5, "verify_share": 1.25 / 2.5, "other_share": 0.5 / 2.5}
+    assert metrics.time_shares([r for r in RECORDS if r["method"] == "base"]) == {
+        "draft_share": None, "verify_share": None, "other_share": None}
+
+
+def test_equivalence_is_the_fraction_of_identical_outputs_and_null_when_sampling():
+    """Equivalence counts prompts identical to the baseline; any None (sampling) makes it None."""
+    table = metrics.summarize(RECORDS, ["base", "fast"], "base")
+    assert table["overall"]["fast"]["equivalence"] == 0.5
+    assert table["by_category"]["a"]["fast"]["equivalence"] == 1.0
+    assert table["by_category"]["b"]["fast"]["equivalence"] == 0.0
+    sampled = [dict(r, identical=None) for r in RECORDS]
+    assert metrics.summarize(sampled, ["base", "fast"], "base")["overall"]["fast"]["equivalence"] is None
+
+
+def test_summary_has_every_metric_per_method_and_category():
+    """Every metric name appears for every method, overall and in every category, in record order."""
+    table = metrics.summarize(RECORDS, ["base", "fast"], "base")
+    assert list(table["by_category"]) == ["a", "b"]
+    for block in [table["overall"], *table["by_category"].values()]:
+        for method in ("base", "fast"):
+            assert tuple(block[method]) == metrics.METRICS
+
+
+def test_zero_time_or_steps_give_none_not_an_error():
+    """Degenerate totals (no seconds, no steps) read as None rather than dividing by zero."""
+    m = metrics.method_metrics([rec("p", "c", "m", 0, 0.0, steps=0, forwards=0)], [])
+    assert m["tokens_per_second"] is None and m["mean_accepted_tokens"] is None and m["speedup"] is None
