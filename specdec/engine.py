@@ -17,7 +17,7 @@ from .drafters.base import DraftRequest, Drafter
 from .sampling import Randomness, SamplingConfig, processed_probs, seeded_randomness
 from .speculation import as_policy
 from .stats import DecodeStats
-from .target import Target
+from .target import Target, Verification
 from .tree import DraftTree
 
 
@@ -27,15 +27,44 @@ class GenerateOutput:
     stats: DecodeStats
 
 
-def accept(tree: DraftTree, logits: torch.Tensor, sampling: SamplingConfig,
+def accept(tree: DraftTree, verification: Verification, sampling: SamplingConfig,
            rng: Randomness) -> Acceptance:
     """The lossless rule for this tree: greedy match, or speculative / recursive rejection sampling."""
     if not sampling.do_sample:
-        return greedy_accept(tree, logits.argmax(dim=-1))
-    p = processed_probs(logits, sampling)
+        return greedy_accept(tree, greedy_targets(tree, verification))
+    p = processed_probs(verification.logits, sampling)
     if tree.is_chain:
         return speculative_sampling(tree.tokens, tree.draft_probs, p, rng, tree.valid)
     return recursive_rejection_sampling(tree, p, rng)
+
+
+@torch.no_grad()
+def greedy_targets(tree: DraftTree, verification: Verification) -> torch.Tensor:
+    """The target's argmax [B, 1+N] at every slot greedy acceptance can reach, -1 elsewhere.
+
+    Walks the tree depth by depth and computes logits only for the root and for nodes whose
+    whole path so far matches, so a rejected draft costs no output-head work.
+    """
+    b, n = tree.tokens.shape
+    targets = torch.full((b, n + 1), -1, dtype=torch.long, device=tree.tokens.device)
+    targets[:, 0] = verification.logits_at(torch.tensor([0], device=targets.device))[:, 0].argmax(-1)
+    if n == 0:
+        return targets
+    slots = tree.parent_slots
+    valid = tree.node_valid
+    reached = torch.zeros(b, n, dtype=torch.bool, device=targets.device)
+    for depth in range(1, int(tree.depth.max()) + 1):
+        at_depth = tree.depth == depth
+        expected = targets.gather(1, slots[None].expand(b, n))
+        parent_ok = torch.cat([torch.ones(b, 1, dtype=torch.bool, device=targets.device), reached], 1)
+        parent_ok = parent_ok.gather(1, slots[None].expand(b, n))
+        hit = at_depth[None] & parent_ok & valid & (tree.tokens == expected)
+        reached |= hit
+        need = hit.any(dim=0).nonzero().squeeze(-1)
+        if need.numel() == 0:
+            break
+        targets[:, need + 1] = verification.logits_at(need + 1).argmax(-1)
+    return targets
 
 
 def generate(
@@ -98,10 +127,10 @@ def generate(
         t1 = time.perf_counter()
         # 2. verify
         want_hidden = drafter is not None and drafter.needs_hidden_states
-        verification = verifier.verify(roots, tree, want_hidden)
+        verification = verifier.verify(roots, tree)
         t2 = time.perf_counter()
         # 3. accept
-        acceptance = accept(tree, verification.logits, sampling, rng)
+        acceptance = accept(tree, verification, sampling, rng)
         # 4. commit: every row keeps its path; the target and drafter realign their caches
         verifier.commit(acceptance.paths, tree.num_nodes)
         if k > 0:

@@ -20,10 +20,28 @@ from .tree import DraftTree
 
 @dataclass
 class Verification:
-    """The target's view of one draft tree."""
+    """The target's view of one draft tree: last hidden states, and logits on demand.
 
-    logits: torch.Tensor  # [B, 1+N, V] at each slot (root first)
-    hidden: torch.Tensor | None  # [B, 1+N, H] last hidden state at each slot, when asked for
+    The output head over a large vocabulary costs as much as several tokens of the backbone,
+    so logits are computed only for the slots that are asked for (greedy acceptance needs
+    just the root and the slots along the accepted path).
+    """
+
+    hidden: torch.Tensor  # [B, 1+N, H] final (normed) hidden state at each slot, root first
+    head: torch.nn.Module  # the model's output embedding
+    softcap: float | None = None
+
+    def logits_at(self, slots: torch.Tensor) -> torch.Tensor:
+        """Logits [B, S, V] at the slots ``slots`` [S]."""
+        logits = self.head(self.hidden[:, slots])
+        if self.softcap:
+            logits = torch.tanh(logits / self.softcap) * self.softcap
+        return logits
+
+    @property
+    def logits(self) -> torch.Tensor:
+        """[B, 1+N, V] logits at every slot."""
+        return self.logits_at(torch.arange(self.hidden.shape[1], device=self.hidden.device))
 
 
 class Target:
@@ -73,20 +91,19 @@ class Target:
         return input_ids[:, -1]
 
     @torch.no_grad()
-    def verify(self, roots: torch.Tensor, tree: DraftTree, want_hidden: bool = False) -> Verification:
-        """One forward over ``[root, *nodes]`` with tree attention; the cache grows by 1+N."""
-        out = self.model(
+    def verify(self, roots: torch.Tensor, tree: DraftTree) -> Verification:
+        """One backbone forward over ``[root, *nodes]`` with tree attention; the cache grows by 1+N."""
+        out = self.model.get_decoder()(
             input_ids=tree.verify_inputs(roots),
             attention_mask=tree.attention_mask(self.cache.mask, self.dtype),
             position_ids=tree.position_ids(self.cache.lengths),
             past_key_values=self.cache.kv,
             use_cache=True,
-            output_hidden_states=want_hidden,
         )
         self.forwards += 1
         self.cache.appended(torch.ones(roots.shape[0], 1 + tree.num_nodes, dtype=torch.bool))
-        hidden = out.hidden_states[-1] if want_hidden else None
-        return Verification(out.logits, hidden)
+        softcap = getattr(self.model.config, "final_logit_softcapping", None)
+        return Verification(out.last_hidden_state, self.model.get_output_embeddings(), softcap)
 
     def commit(self, paths: list[list[int]], num_nodes: int) -> None:
         """Keep each row's root and accepted nodes from the last verification; drop the rest.

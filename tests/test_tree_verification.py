@@ -70,3 +70,28 @@ def test_commit_of_a_chain_prefix_crops():
     target.commit([[0, 1]], tree.num_nodes)
     logits = target.verify(torch.tensor([60]), DraftTree.empty(1)).logits[0, 0]
     assert torch.allclose(logits, full_forward_logits(model, prompt + [30, 31, 60]), atol=1e-10)
+
+
+def test_lazy_greedy_targets_agree_with_full_argmax():
+    """Computing logits only along matching paths gives the same greedy acceptance as all logits."""
+    from specdec.acceptance import greedy_accept
+    from specdec.engine import greedy_targets
+
+    model = tiny_llama(16, seed=6)
+    prompt = torch.tensor([[3, 4, 5, 6]])
+    g = torch.Generator().manual_seed(0)
+    for trial in range(20):
+        target = Target(model)
+        root = target.prefill(prompt, torch.ones_like(prompt))
+        parents = torch.tensor([-1, -1, -1, 0, 0, 1, 3, 5])
+        tree = DraftTree(torch.randint(0, 16, (1, 8), generator=g), parents)
+        verification = target.verify(root, tree)
+        full = verification.logits.argmax(-1)
+        if trial % 2:  # make some nodes match so that paths are reached
+            tree.tokens[0, 0] = full[0, 0]
+            tree.tokens[0, 3] = full[0, 1]
+        lazy = greedy_targets(tree, verification)
+        reached = lazy >= 0
+        assert torch.equal(lazy[reached], full[reached])
+        assert greedy_accept(tree, lazy).paths == greedy_accept(tree, full).paths
+        assert torch.equal(greedy_accept(tree, lazy).next_tokens, greedy_accept(tree, full).next_tokens)
