@@ -21,7 +21,7 @@ RECORD = {"prompt_id", "category", "method", "prompt_tokens", "new_tokens", "sec
           "draft_seconds", "verify_seconds", "other_seconds", "accepted_histogram", "identical"}
 CATEGORIES = ["conversation", "translation", "summarization", "qa", "math", "rag"]
 ALL_METHODS = ["hf_generate", "specdec_none", "specdec_draft_model", "specdec_prompt_lookup",
-               "specdec_recursive_tree", "hf_assisted", "hf_prompt_lookup"]
+               "specdec_rsd_beam", "specdec_rsd_gumbel", "hf_assisted", "hf_prompt_lookup"]
 
 
 def bench(tmp_path, *overrides):
@@ -64,7 +64,7 @@ def test_default_run_numbers_are_consistent(default_run):
     overall = doc["overall"]
     assert overall["hf_generate"]["speedup"] == 1.0 and overall["hf_generate"]["mean_accepted_tokens"] == 1.0
     assert overall["specdec_none"]["mean_accepted_tokens"] == 1.0
-    for name in ("specdec_draft_model", "specdec_recursive_tree", "hf_assisted"):
+    for name in ("specdec_draft_model", "specdec_rsd_gumbel", "specdec_rsd_beam", "hf_assisted"):
         assert overall[name]["mean_accepted_tokens"] > 1.0
     # Hugging Face assisted generation drafts the same k tokens with the same draft: same acceptance
     assert overall["hf_assisted"]["mean_accepted_tokens"] == overall["specdec_draft_model"]["mean_accepted_tokens"]
