@@ -49,7 +49,8 @@ def run_prompts(methods: list[Method], model, prompts: list, encoded: list[torch
 
 
 def _record(prompt, input_ids, method: str, generated: list[int], stats, seconds: float, forwards: int) -> dict:
-    """One run.  Hugging Face methods have no stats: each of their forwards yields tokens."""
+    """One run.  Hugging Face methods have no stats: their target forwards are counted by a hook
+    (each yields tokens); specdec counts its own (its verifier calls the backbone directly)."""
     record = {
         "prompt_id": prompt.id,
         "category": prompt.category,
@@ -57,7 +58,7 @@ def _record(prompt, input_ids, method: str, generated: list[int], stats, seconds
         "prompt_tokens": int(input_ids.shape[1]),
         "new_tokens": len(generated),
         "seconds": seconds,
-        "target_forwards": forwards,
+        "target_forwards": stats.target_forwards if stats is not None else forwards,
         "steps": stats.steps if stats is not None else forwards,
         "draft_seconds": stats.draft_seconds if stats is not None else None,
         "verify_seconds": stats.verify_seconds if stats is not None else None,

@@ -61,6 +61,9 @@ def test_default_run_numbers_are_consistent(default_run):
     _, _, doc = default_run
     budget = doc["decoding"]["max_new_tokens"]
     assert all(0 < r["new_tokens"] <= budget and r["seconds"] > 0 for r in doc["records"])
+    for r in doc["records"]:  # one verification per step, plus the prompt's prefill
+        if r["method"].startswith("specdec_"):
+            assert r["target_forwards"] - r["steps"] in (0, 1)
     overall = doc["overall"]
     assert overall["hf_generate"]["speedup"] == 1.0 and overall["hf_generate"]["mean_accepted_tokens"] == 1.0
     assert overall["specdec_none"]["mean_accepted_tokens"] == 1.0

@@ -173,3 +173,18 @@ def test_stochastic_beam_is_lossless():
     draft_law = exact_law(draft, 2, config)
     wrong = torch.tensor([draft_law[k] for k in keys], dtype=torch.float64)
     assert not bool(((mean - wrong).abs() <= 5 * se + 1e-9).all())
+
+
+@pytest.mark.parametrize("method", ["gumbel_topk", "stochastic_beam"])
+def test_chi_square_through_generate(method):
+    """Seeded runs of 3 sampled tokens pass a chi-square test against the target; the draft's law fails."""
+    from test_sampling_lossless import chi_square_pvalue
+
+    target, draft = models()
+    law = exact_law(target, 3, SamplingConfig(do_sample=True))
+    drafter = drafters.RecursiveTree(draft, (3, 2), method=method, beam_width=3)
+    kwargs = dict(max_new_tokens=3, do_sample=True, eos_token_id=[])
+    samples = [generated(specdec.generate(target, PROMPT, drafter, seed=s, **kwargs)) for s in range(2000)]
+    assert chi_square_pvalue(samples, law) > 1e-3
+    own = [generated(specdec.generate(draft, PROMPT, seed=s, **kwargs)) for s in range(2000)]
+    assert chi_square_pvalue(own, law) < 1e-6
