@@ -112,7 +112,8 @@ def generate(
     active = list(range(batch))  # original row of each row still decoding
     committed = [row[m.bool()].tolist() for row, m in zip(input_ids, attention_mask)]
     generated: list[list[int]] = [[] for _ in range(batch)]
-    hidden = None
+    want_hidden = drafter is not None and drafter.needs_hidden_states
+    hidden = None  # [B, H] target hidden state before each root, for head drafters (none before step 1)
     while active:
         remaining = [max_new_tokens - len(generated[r]) for r in active]
         k = min(policy.next_length(), min(remaining) - 1) if drafter is not None else 0
@@ -126,7 +127,6 @@ def generate(
             tree = DraftTree.empty(len(active), device)
         t1 = time.perf_counter()
         # 2. verify
-        want_hidden = drafter is not None and drafter.needs_hidden_states
         verification = verifier.verify(roots, tree)
         t2 = time.perf_counter()
         # 3. accept
