@@ -65,6 +65,20 @@ def _point_masses(tokens: torch.Tensor, vocab_size: int, dtype: torch.dtype) -> 
     return torch.nn.functional.one_hot(tokens, vocab_size).to(dtype)
 
 
+def deepest_passing_nodes(tree: DraftTree, passes: torch.Tensor) -> list[int]:
+    """Per row, the deepest node whose whole path passes (``passes`` [B, N]), -1 for none.
+
+    Placeholder nodes never pass; ties between equally deep nodes go to the first drawn.
+    """
+    b, n = tree.tokens.shape
+    failing = (~(passes & tree.node_valid)).to(torch.float32)  # [B, N]
+    node_ancestry = tree.slot_ancestry[1:, 1:].to(torch.float32)  # [N, N], node-to-node
+    path_passes = (failing @ node_ancestry.T) == 0  # every node on the way passes
+    depth = tree.depth[None, :].expand(b, n)
+    score = torch.where(path_passes, depth, torch.zeros_like(depth))
+    return [-1 if n == 0 or int(score[row].max()) == 0 else int(score[row].argmax()) for row in range(b)]
+
+
 def greedy_accept(tree: DraftTree, target_tokens: torch.Tensor) -> Acceptance:
     """Longest path of nodes equal to the target's argmax at their parent.
 
@@ -73,20 +87,10 @@ def greedy_accept(tree: DraftTree, target_tokens: torch.Tensor) -> Acceptance:
     """
     b, n = tree.tokens.shape
     expected = target_tokens.gather(1, tree.parent_slots[None, :].expand(b, n))
-    mismatch = ((tree.tokens != expected) | ~tree.node_valid).to(torch.float32)  # [B, N]
-    node_ancestry = tree.slot_ancestry[1:, 1:].to(torch.float32)  # [N, N], node-to-node
-    accepted = (mismatch @ node_ancestry.T) == 0  # every node on the way matches
-    depth = tree.depth[None, :].expand(b, n)
-    score = torch.where(accepted, depth, torch.zeros_like(depth))
-    paths, next_tokens = [], []
-    for row in range(b):
-        if n == 0 or int(score[row].max()) == 0:
-            best = -1
-        else:
-            best = int(score[row].argmax())  # first of the deepest
-        paths.append(tree.path_to(best))
-        next_tokens.append(target_tokens[row, best + 1])
-    return Acceptance(paths, torch.stack(next_tokens))
+    best = deepest_passing_nodes(tree, tree.tokens == expected)
+    rows = torch.arange(b, device=target_tokens.device)
+    next_tokens = target_tokens[rows, torch.tensor(best, device=target_tokens.device) + 1]
+    return Acceptance([tree.path_to(node) for node in best], next_tokens)
 
 
 def speculative_sampling(
@@ -192,14 +196,7 @@ def typical_accept(
     threshold = torch.minimum(torch.full_like(entropy, posterior_threshold), posterior_alpha * torch.exp(-entropy))
     parent_p = p.gather(1, tree.parent_slots[None, :, None].expand(b, n, p.shape[-1]))
     p_node = parent_p.gather(2, tree.tokens[..., None]).squeeze(-1)  # [B, N]
-    bad = ((p_node <= threshold.gather(1, tree.parent_slots[None, :].expand(b, n))) | ~tree.node_valid).to(torch.float32)
-    node_ancestry = tree.slot_ancestry[1:, 1:].to(torch.float32)
-    ok = (bad @ node_ancestry.T) == 0
-    depth = tree.depth[None, :].expand(b, n)
-    score = torch.where(ok, depth, torch.zeros_like(depth))
-    paths, next_tokens = [], []
-    for row in range(b):
-        best = -1 if n == 0 or int(score[row].max()) == 0 else int(score[row].argmax())
-        paths.append(tree.path_to(best))
-        next_tokens.append(rng.categorical(p[row, best + 1]))
-    return Acceptance(paths, torch.stack(next_tokens))
+    typical = p_node > threshold.gather(1, tree.parent_slots[None, :].expand(b, n))
+    best = deepest_passing_nodes(tree, typical)
+    next_tokens = [rng.categorical(p[row, node + 1]) for row, node in enumerate(best)]
+    return Acceptance([tree.path_to(node) for node in best], torch.stack(next_tokens))
