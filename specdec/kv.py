@@ -8,6 +8,8 @@ from its count of real entries.  :meth:`keep` realigns after rows keep different
 """
 from __future__ import annotations
 
+import time
+
 import torch
 from transformers import DynamicCache
 
@@ -35,8 +37,6 @@ class RaggedCache:
 
     def keep(self, keep: torch.Tensor) -> None:
         """Keep, per row, the real entries marked in ``keep`` [B, C], in order, right-aligned."""
-        import time
-
         started = time.perf_counter()
         keep = keep & self.mask
         cols = torch.arange(self.width, device=keep.device)

@@ -145,5 +145,10 @@ class DraftTree:
              self.slot_ancestry.to(context_mask.device)[None].expand(b, n1, n1)],
             dim=2,
         )
-        mask = torch.zeros(b, 1, n1, c + n1, dtype=dtype, device=context_mask.device)
-        return mask.masked_fill(~visible[:, None], torch.finfo(dtype).min)
+        return additive_mask(visible, dtype)
+
+
+def additive_mask(visible: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """[B, Q, K] booleans (True = may attend) as a 4D additive mask [B, 1, Q, K] for attention."""
+    mask = torch.zeros(visible.shape[0], 1, *visible.shape[1:], dtype=dtype, device=visible.device)
+    return mask.masked_fill(~visible[:, None], torch.finfo(dtype).min)

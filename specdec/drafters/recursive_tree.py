@@ -24,7 +24,7 @@ import torch
 from ..acceptance import Acceptance
 from ..sampling import processed_probs
 from ..kv import RaggedCache
-from ..tree import DraftTree
+from ..tree import DraftTree, additive_mask
 from .base import DraftRequest, Drafter, check_same_vocabulary
 from .draft_model import catch_up_block
 
@@ -148,10 +148,13 @@ class RecursiveTree(Drafter):
                 rows.append(i)
         return torch.stack(columns, dim=1), parents, rows, q
 
-    def _beam_children(self, logits, frontier, parents_state, keep, request) -> list[_Child]:
+    def _beam_children(self, logits, frontier, parents_state, keep, request):
+        """The beam's next depth (siblings in draw order) and the processed law (None if greedy)."""
         logits = logits[0]
+        q = None
         if request.sampling.do_sample:
-            log_q = torch.log(processed_probs(logits, request.sampling))
+            q = processed_probs(logits, request.sampling)
+            log_q = torch.log(q)
         else:
             log_q = torch.log_softmax(logits.to(torch.float64), dim=-1)
         phi = torch.tensor([s.log_prob for s in parents_state], dtype=log_q.dtype)[:, None] + log_q
@@ -170,7 +173,7 @@ class RecursiveTree(Drafter):
             children.append(_Child(frontier[row], row, token, float(phi[row, token]), value))
         # siblings in their own draw order: by parent, then by score
         children.sort(key=lambda c: (c.row, -c.score))
-        return children
+        return children, q
 
     # ---- the draft forwards --------------------------------------------------------------
     def _forward(self, tokens, real, positions, attention):
@@ -187,9 +190,7 @@ class RecursiveTree(Drafter):
         b = tokens.shape[0]
         visible = torch.cat([self._cache.mask[:, : self._context][:, None, :].expand(b, len(frontier), -1),
                              rows[None].expand(b, -1, -1)], dim=2)
-        dtype = next(self.model.parameters()).dtype
-        mask = torch.zeros(b, 1, *visible.shape[1:], dtype=dtype, device=device)
-        mask = mask.masked_fill(~visible[:, None], torch.finfo(dtype).min)
+        mask = additive_mask(visible, next(self.model.parameters()).dtype)
         positions = (lengths - 1 + depth)[:, None].expand(b, len(frontier))
         real = torch.ones(b, len(frontier), dtype=torch.bool, device=device)
         return self._forward(tokens[:, frontier], real, positions, mask)
@@ -236,9 +237,8 @@ class RecursiveTree(Drafter):
         tokens, parents, laws, fed = [], [], [], []
         frontier, state = [-1], [_Child(-1, 0, -1)]
         for depth, keep in enumerate(levels, start=1):
-            children = self._beam_children(logits, frontier, state, keep, request)
-            if request.sampling.do_sample:
-                q = processed_probs(logits[0], request.sampling)
+            children, q = self._beam_children(logits, frontier, state, keep, request)
+            if q is not None:
                 laws.extend(q[c.row] for c in children)
             frontier = list(range(len(tokens), len(tokens) + len(children)))
             tokens.extend(c.token for c in children)
