@@ -100,13 +100,7 @@ def test_exact_law_in_a_batch():
     config = specdec.SamplingConfig(do_sample=True, top_k=3)
     rows = [[1, 4, 2], [3, 1, 5, 5, 2]]
     ids, mask = left_padded(rows, "cpu")
-    import test_sampling_lossless as sl
-
-    laws = []
-    for r in rows:
-        sl.PROMPT = torch.tensor([r])
-        laws.append(exact_law(target, 2, config))
-    sl.PROMPT = torch.tensor([[1, 4, 2]])
+    laws = [exact_law(target, 2, config, prompt=torch.tensor([r])) for r in rows]
     drafter = drafters.DraftModel(draft, 2)
 
     def run(rng):

@@ -30,13 +30,13 @@ def models():
     return target, draft
 
 
-def exact_law(model, length: int, config: SamplingConfig) -> dict:
-    """Law of ``length`` sampled tokens after PROMPT, by enumerating every sequence."""
+def exact_law(model, length: int, config: SamplingConfig, prompt: torch.Tensor = PROMPT) -> dict:
+    """Law of ``length`` sampled tokens after ``prompt`` [1, T], by enumerating every sequence."""
     law = {}
     for seq in itertools.product(range(VOCAB), repeat=length):
-        tokens = PROMPT[0].tolist() + list(seq)
+        tokens = prompt[0].tolist() + list(seq)
         with torch.no_grad():
-            logits = model(torch.tensor([tokens])).logits[0, PROMPT.shape[1] - 1: -1]
+            logits = model(torch.tensor([tokens])).logits[0, prompt.shape[1] - 1: -1]
         probs = processed_probs(logits, config)
         law[seq] = float(torch.prod(probs[torch.arange(length), torch.tensor(seq)]))
     return law
