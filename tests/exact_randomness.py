@@ -15,11 +15,8 @@ import torch
 class ScriptedRandomness:
     """Replays a script of choices, then takes the first possible choice at each new decision."""
 
-    def __init__(self, script: list[int], gumbel_seed: int | None = None):
+    def __init__(self, script: list[int]):
         self.script = list(script)
-        # continuous noise cannot be enumerated: with a seed it is drawn from a fixed stream, so
-        # an enumeration is exact *given* that stream (used for stochastic beam trees)
-        self._gumbel = None if gumbel_seed is None else torch.Generator().manual_seed(gumbel_seed)
         self.choices: list[int] = []
         self.options: list[list[float]] = []  # probability of each alternative at each decision
         self.weight = 1.0
@@ -66,24 +63,19 @@ class ScriptedRandomness:
 
 
     def gumbel(self, shape, dtype, device):
-        if self._gumbel is None:
-            raise TypeError("continuous Gumbel noise cannot be enumerated; give gumbel_seed")
-        u = torch.rand(shape, generator=self._gumbel, dtype=dtype, device=device)
-        return -torch.log(-torch.log(u.clamp_min(torch.finfo(dtype).tiny)))
+        raise TypeError("continuous Gumbel noise cannot be enumerated (see test_stochastic_beam_exact.py)")
 
 
-def enumerate_law(run, tolerance: float = 0.0, gumbel_seed: int | None = None) -> dict:
+def enumerate_law(run, tolerance: float = 0.0) -> dict:
     """Exact law of ``run(rng)``'s (hashable) result over every path of random choices.
 
-    Paths whose probability falls to ``tolerance`` or below are not expanded further.  With
-    ``gumbel_seed``, Gumbel noise comes from that fixed stream on every path, and the law is
-    exact conditionally on it.
+    Paths whose probability falls to ``tolerance`` or below are not expanded further.
     """
     law: dict = defaultdict(float)
     stack: list[list[int]] = [[]]
     while stack:
         prefix = stack.pop()
-        rng = ScriptedRandomness(prefix, gumbel_seed)
+        rng = ScriptedRandomness(prefix)
         outcome = run(rng)
         law[outcome] += rng.weight
         weight = 1.0
