@@ -7,6 +7,7 @@ from . import drafters
 from .acceptance import Acceptance
 from .engine import GenerateOutput, generate
 from .loading import load_model
+from .pool import PoolOutput, generate_pool
 from .sampling import SamplingConfig
 from .speculation import FixedLength
 from .stats import DecodeStats
@@ -14,6 +15,6 @@ from .target import Target
 from .tree import DraftTree
 
 __all__ = [
-    "Acceptance", "DecodeStats", "DraftTree", "FixedLength", "GenerateOutput", "SamplingConfig",
-    "Target", "drafters", "generate", "load_model",
+    "Acceptance", "DecodeStats", "DraftTree", "FixedLength", "GenerateOutput", "PoolOutput", "SamplingConfig",
+    "Target", "drafters", "generate", "generate_pool", "load_model",
 ]

@@ -37,6 +37,9 @@ class Acceptance:
     def num_accepted(self) -> list[int]:
         return [len(path) for path in self.paths]
 
+    def take_rows(self, rows: list[int]) -> "Acceptance":
+        return Acceptance([self.paths[r] for r in rows], self.next_tokens[torch.tensor(rows, dtype=torch.long, device=self.next_tokens.device)])
+
 
 def _normalise(law: torch.Tensor) -> torch.Tensor:
     return law / law.sum(dim=-1, keepdim=True)

@@ -67,6 +67,151 @@ def greedy_targets(tree: DraftTree, verification: Verification) -> torch.Tensor:
     return targets
 
 
+@dataclass
+class Cohort:
+    """Rows decoded together as one batch: their sequence ids and the state that follows them."""
+
+    ids: list[int]  # sequence ids (input order) of the rows
+    target: Target  # the model and these rows' key/value cache
+    drafter: Drafter | None  # the drafter's state for these rows
+    roots: torch.Tensor  # [B] last committed token per row (not cached yet)
+    hidden: torch.Tensor | None = None  # [B, H] target hidden state before each root (head drafters)
+
+    @property
+    def size(self) -> int:
+        return len(self.ids)
+
+    def take_rows(self, rows: list[int]) -> "Cohort":
+        """A cohort of copies of rows ``rows``; may be taken between a step and its commit."""
+        index = torch.tensor(rows, dtype=torch.long, device=self.roots.device)
+        return Cohort([self.ids[r] for r in rows], self.target.take_rows(index),
+                      self.drafter.take_rows(index) if self.drafter is not None else None,
+                      self.roots[index], self.hidden[index] if self.hidden is not None else None)
+
+    def join(self, others: list["Cohort"]) -> "Cohort":
+        """One cohort of the rows of ``[self, *others]`` (left-padded when their lengths differ)."""
+        if not others:
+            return self
+        parts = [self] + others
+        # rows just admitted have no hidden state yet; head drafters then get None for the batch
+        hidden = torch.cat([c.hidden for c in parts]) if all(c.hidden is not None for c in parts) else None
+        return Cohort([i for c in parts for i in c.ids], self.target.join([c.target for c in others]),
+                      self.drafter.join([c.drafter for c in others]) if self.drafter is not None else None,
+                      torch.cat([c.roots for c in parts]), hidden)
+
+
+@dataclass
+class StepResult:
+    acceptance: Acceptance
+    tree: DraftTree
+    still: list[int]  # rows of the cohort that go on decoding
+    drafted: bool  # whether the drafter proposed (and so must hear the commit)
+
+
+class Decoding:
+    """One decoding job: its settings, every sequence's tokens so far, and the step.
+
+    ``generate`` runs one cohort to the end; ``generate_pool`` runs many, choosing which rows
+    step together.  Both go through :meth:`step` and :meth:`commit`, the one decode loop.
+    """
+
+    def __init__(self, model, drafter, sampling, eos, rng, policy, max_new_tokens):
+        self.model = model
+        self.drafter = drafter
+        self.sampling = sampling
+        self.eos = eos
+        self.rng = rng
+        self.policy = policy
+        self.max_new_tokens = max_new_tokens
+        self.stats = DecodeStats()
+        self.committed: dict[int, list[int]] = {}
+        self.generated: dict[int, list[int]] = {}
+        self.want_hidden = drafter is not None and drafter.needs_hidden_states
+
+    def admit(self, ids: list[int], input_ids: torch.Tensor, attention_mask: torch.Tensor, drafter) -> Cohort:
+        """Prefill the prompts of sequences ``ids`` (a left-padded batch) into a new cohort."""
+        started = time.perf_counter()
+        target = Target(self.model)
+        roots = target.prefill(input_ids, attention_mask)
+        self.stats.target_forwards += int(input_ids.shape[1] > 1)
+        if drafter is not None:
+            drafter.start(self.model, input_ids, attention_mask)
+        for i, row, m in zip(ids, input_ids, attention_mask):
+            self.committed[i] = row[m.bool()].tolist()
+            self.generated[i] = []
+        self.stats.prefill_seconds += time.perf_counter() - started
+        return Cohort(list(ids), target, drafter, roots)
+
+    def length(self, sequence: int) -> int:
+        """Committed tokens of a sequence (prompt and generated)."""
+        return len(self.committed[sequence])
+
+    def step(self, cohort: Cohort) -> StepResult:
+        """Propose, verify and accept for every row of ``cohort``; the caller commits."""
+        stats, device = self.stats, cohort.roots.device
+        remaining = [self.max_new_tokens - len(self.generated[i]) for i in cohort.ids]
+        k = min(self.policy.next_length(), min(remaining) - 1) if cohort.drafter is not None else 0
+        # 1. propose
+        t0 = time.perf_counter()
+        if k > 0:
+            sequences, mask = left_padded([self.committed[i] for i in cohort.ids], device)
+            tree = cohort.drafter.propose(DraftRequest(sequences, mask, k, self.sampling, self.rng, cohort.hidden))
+            _check_tree(tree, k, cohort.size)
+        else:
+            tree = DraftTree.empty(cohort.size, device)
+        t1 = time.perf_counter()
+        # 2. verify
+        verification = cohort.target.verify(cohort.roots, tree)
+        stats.target_forwards += 1
+        t2 = time.perf_counter()
+        # 3. accept
+        acceptance = accept(tree, verification, self.sampling, self.rng)
+        still = []
+        for r, sequence in enumerate(cohort.ids):
+            path = acceptance.paths[r]
+            new = _truncate(tree.tokens[r, path].tolist() + [int(acceptance.next_tokens[r])], remaining[r], self.eos)
+            self.generated[sequence].extend(new)
+            self.committed[sequence].extend(new)
+            stats.accepted_histogram[len(path)] += 1
+            if len(self.generated[sequence]) < self.max_new_tokens and new[-1] not in self.eos:
+                still.append(r)
+        if self.want_hidden:
+            slots = torch.tensor([(p[-1] + 1) if p else 0 for p in acceptance.paths], device=device)
+            cohort.hidden = verification.hidden[torch.arange(cohort.size, device=device), slots]
+        cohort.roots = acceptance.next_tokens
+        # 4. adapt
+        if k > 0:
+            self.policy.observe(tree.num_nodes, sum(acceptance.num_accepted) / cohort.size, time.perf_counter() - t0)
+        stats.steps += 1
+        stats.row_steps += cohort.size
+        stats.drafted_tokens += tree.num_nodes
+        stats.draft_seconds += t1 - t0
+        stats.verify_seconds += t2 - t1
+        stats.other_seconds += time.perf_counter() - t2
+        return StepResult(acceptance, tree, still, k > 0)
+
+    def commit(self, cohort: Cohort, acceptance: Acceptance, tree: DraftTree, drafted: bool) -> tuple[bool, float]:
+        """Keep every row's accepted path in the target's and drafter's caches.
+
+        Returns whether rows had to be realigned (they kept different numbers of entries) and
+        the seconds the commit took.
+        """
+        started = time.perf_counter()
+        ragged = cohort.target.commit(acceptance.paths, tree.num_nodes)
+        if drafted:
+            cohort.drafter.commit(acceptance, tree)
+        seconds = time.perf_counter() - started
+        self.stats.other_seconds += seconds
+        return ragged, seconds
+
+    def finish(self, started: float) -> None:
+        stats = self.stats
+        stats.total_seconds = time.perf_counter() - started
+        stats.other_seconds += stats.prefill_seconds
+        stats.row_tokens = [len(self.generated[i]) for i in sorted(self.generated)]
+        stats.tokens_generated = sum(stats.row_tokens)
+
+
 def generate(
     target,
     input_ids: torch.Tensor,
@@ -89,92 +234,46 @@ def generate(
     loop.  ``speculation`` is the length policy: None (the drafter's ``num_tokens``), an int,
     or a policy object such as SmartSpec.  ``randomness`` replaces the seeded random source
     (every coin and draw goes through it; tests pass one that enumerates outcomes exactly).
+
+    A batch is decoded together (EQSPEC): after each step rows that accepted different
+    numbers of tokens are realigned, and finished rows leave the batch.
     """
     model = target.model if isinstance(target, Target) else target
     _check_inputs(model, input_ids, attention_mask, max_new_tokens, drafter)
     if attention_mask is None:
         attention_mask = torch.ones_like(input_ids)
-    sampling = SamplingConfig(do_sample, temperature, top_k, top_p)
-    eos = _eos_ids(model, eos_token_id)
-    rng = randomness if randomness is not None else seeded_randomness(seed, input_ids.device)
-    policy = as_policy(speculation, drafter.num_tokens if drafter is not None else 0)
-    stats = DecodeStats()
-    device = input_ids.device
-
+    job = decoding(model, drafter, max_new_tokens, do_sample, temperature, top_k, top_p, eos_token_id, seed,
+                   speculation, randomness, input_ids.device)
     started = time.perf_counter()
-    verifier = Target(model)
-    roots = verifier.prefill(input_ids, attention_mask)
-    if drafter is not None:
-        drafter.start(model, input_ids, attention_mask)
-    stats.prefill_seconds = time.perf_counter() - started
+    cohort = job.admit(list(range(input_ids.shape[0])), input_ids, attention_mask, drafter)
+    run_to_end(job, cohort)
+    job.finish(started)
+    generated = [job.generated[i] for i in range(input_ids.shape[0])]
+    pad = _pad_id(model, pad_token_id, job.eos, generated)
+    return GenerateOutput(_assemble(input_ids, generated, pad), job.stats)
 
-    batch = input_ids.shape[0]
-    active = list(range(batch))  # original row of each row still decoding
-    committed = [row[m.bool()].tolist() for row, m in zip(input_ids, attention_mask)]
-    generated: list[list[int]] = [[] for _ in range(batch)]
-    want_hidden = drafter is not None and drafter.needs_hidden_states
-    hidden = None  # [B, H] target hidden state before each root, for head drafters (none before step 1)
-    while active:
-        remaining = [max_new_tokens - len(generated[r]) for r in active]
-        k = min(policy.next_length(), min(remaining) - 1) if drafter is not None else 0
-        # 1. propose
-        t0 = time.perf_counter()
-        if k > 0:
-            sequences, mask = left_padded([committed[r] for r in active], device)
-            tree = drafter.propose(DraftRequest(sequences, mask, k, sampling, rng, hidden))
-            _check_tree(tree, k, len(active))
-        else:
-            tree = DraftTree.empty(len(active), device)
-        t1 = time.perf_counter()
-        # 2. verify
-        verification = verifier.verify(roots, tree)
-        t2 = time.perf_counter()
-        # 3. accept
-        acceptance = accept(tree, verification, sampling, rng)
-        # 4. commit: every row keeps its path; the target and drafter realign their caches
-        verifier.commit(acceptance.paths, tree.num_nodes)
-        if k > 0:
-            drafter.commit(acceptance, tree)
-        still = []
-        for i, row in enumerate(active):
-            path = acceptance.paths[i]
-            new = _truncate(tree.tokens[i, path].tolist() + [int(acceptance.next_tokens[i])], remaining[i], eos)
-            generated[row].extend(new)
-            committed[row].extend(new)
-            stats.accepted_histogram[len(path)] += 1
-            if len(generated[row]) < max_new_tokens and new[-1] not in eos:
-                still.append(i)
-        if want_hidden:
-            slots = torch.tensor([(p[-1] + 1) if p else 0 for p in acceptance.paths], device=device)
-            hidden = verification.hidden[torch.arange(len(active), device=device), slots]
-        roots = acceptance.next_tokens
-        # 5. adapt, and drop finished rows
-        if k > 0:
-            policy.observe(tree.num_nodes, sum(map(len, acceptance.paths)) / len(active), time.perf_counter() - t0)
-        stats.steps += 1
-        stats.row_steps += len(active)
-        stats.drafted_tokens += tree.num_nodes
-        if len(still) < len(active):
-            keep = torch.tensor(still, dtype=torch.long, device=device)
-            verifier.select_rows(keep)
-            if drafter is not None:
-                drafter.select_rows(keep)
-            roots = roots[keep]
-            hidden = hidden[keep] if hidden is not None else None
-            active = [active[i] for i in still]
-        t3 = time.perf_counter()
-        stats.draft_seconds += t1 - t0
-        stats.verify_seconds += t2 - t1
-        stats.other_seconds += t3 - t2
-    stats.total_seconds = time.perf_counter() - started
-    stats.other_seconds += stats.prefill_seconds
-    stats.row_tokens = [len(g) for g in generated]
-    stats.tokens_generated = sum(stats.row_tokens)
-    stats.target_forwards = verifier.forwards
-    stats.realign_seconds = verifier.cache.realign_seconds
-    stats.realignments = verifier.cache.realignments
-    pad = _pad_id(model, pad_token_id, eos, generated)
-    return GenerateOutput(_assemble(input_ids, generated, pad), stats)
+
+def decoding(model, drafter, max_new_tokens, do_sample, temperature, top_k, top_p, eos_token_id, seed,
+             speculation, randomness, device) -> Decoding:
+    """A :class:`Decoding` from ``generate``'s keyword arguments."""
+    sampling = SamplingConfig(do_sample, temperature, top_k, top_p)
+    rng = randomness if randomness is not None else seeded_randomness(seed, device)
+    policy = as_policy(speculation, drafter.num_tokens if drafter is not None else 0)
+    return Decoding(model, drafter, sampling, _eos_ids(model, eos_token_id), rng, policy, max_new_tokens)
+
+
+def run_to_end(job: Decoding, cohort: Cohort) -> None:
+    """Step one cohort until every row is finished, realigning ragged rows after each step (EQSPEC)."""
+    while True:
+        result = job.step(cohort)
+        ragged, seconds = job.commit(cohort, result.acceptance, result.tree, result.drafted)
+        if ragged:
+            job.stats.realignments += 1
+            job.stats.realign_seconds += seconds
+        if not result.still:
+            return
+        if len(result.still) < cohort.size:
+            cohort = cohort.take_rows(result.still)
 
 
 def left_padded(rows: list[list[int]], device) -> tuple[torch.Tensor, torch.Tensor]:

@@ -8,18 +8,15 @@ from its count of real entries.  :meth:`keep` realigns after rows keep different
 """
 from __future__ import annotations
 
-import time
-
 import torch
 from transformers import DynamicCache
 
 
 class RaggedCache:
     def __init__(self, config, batch_size: int, device):
+        self.config = config
         self.kv = DynamicCache(config=config)
         self.mask = torch.zeros(batch_size, 0, dtype=torch.bool, device=device)  # [B, C] real entries
-        self.realign_seconds = 0.0
-        self.realignments = 0  # keeps that needed a gather, not just a crop
 
     @property
     def lengths(self) -> torch.Tensor:
@@ -30,15 +27,25 @@ class RaggedCache:
     def width(self) -> int:
         return self.mask.shape[1]
 
+    @property
+    def batch_size(self) -> int:
+        return self.mask.shape[0]
+
     def appended(self, new_mask: torch.Tensor) -> None:
         """Record that a forward appended ``new_mask.shape[1]`` columns; True where real."""
         self.mask = torch.cat([self.mask, new_mask.to(self.mask.device, torch.bool)], dim=1)
         assert self.kv.get_seq_length() in (0, self.width), "cache and mask disagree on width"
 
-    def keep(self, keep: torch.Tensor) -> None:
-        """Keep, per row, the real entries marked in ``keep`` [B, C], in order, right-aligned."""
-        started = time.perf_counter()
+    def keep(self, keep: torch.Tensor) -> bool:
+        """Keep, per row, the real entries marked in ``keep`` [B, C], in order, right-aligned.
+
+        Returns whether this was a realignment: rows dropped different numbers of entries, so
+        their padding changed (EQSPEC's cost).  A gather that only compacts a tree path, the
+        same count in every row, is not one.
+        """
         keep = keep & self.mask
+        dropped = (self.mask & ~keep).sum(dim=1)
+        ragged = bool((dropped != dropped[0]).any()) if dropped.numel() else False
         cols = torch.arange(self.width, device=keep.device)
         kept_any = keep.any(dim=0)
         last = int(cols[kept_any].max()) + 1 if bool(kept_any.any()) else 0
@@ -48,19 +55,40 @@ class RaggedCache:
             self._slice(first, last)
         else:
             self._gather(keep)
-            self.realignments += 1
-        self.realign_seconds += time.perf_counter() - started
+            return ragged
+        return False
 
-    def select_rows(self, rows: torch.Tensor) -> None:
-        """Keep only the batch rows ``rows`` (e.g. drop finished sequences)."""
-        for layer in self.kv.layers:
-            if layer.is_initialized:
-                layer.keys = layer.keys.index_select(0, rows)
-                layer.values = layer.values.index_select(0, rows)
-        self.mask = self.mask.index_select(0, rows)
-        first = _first_real_column(self.mask)
-        if first:
-            self._slice(first, self.width)
+    def take_rows(self, rows: torch.Tensor) -> "RaggedCache":
+        """A new cache holding copies of batch rows ``rows`` (same columns; this one is unchanged)."""
+        out = RaggedCache(self.config, len(rows), self.mask.device)
+        for src, dst in zip(self.kv.layers, out.kv.layers):
+            if src.is_initialized:
+                _fill(dst, src.keys.index_select(0, rows), src.values.index_select(0, rows))
+        out.mask = self.mask.index_select(0, rows)
+        return out
+
+    @staticmethod
+    def concat(caches: list["RaggedCache"]) -> "RaggedCache":
+        """The rows of ``caches`` in order, as one batch; narrower ones are padded on the left."""
+        width = max(c.width for c in caches)
+        out = RaggedCache(caches[0].config, sum(c.batch_size for c in caches), caches[0].mask.device)
+        out.mask = torch.cat([torch.nn.functional.pad(c.mask, (width - c.width, 0)) for c in caches])
+        if width == 0:
+            return out
+        for i, dst in enumerate(out.kv.layers):
+            layers = [c.kv.layers[i] for c in caches]
+            like = next(l for l in layers if l.is_initialized and l.keys.numel())
+            keys, values = [], []
+            for c, layer in zip(caches, layers):
+                if c.width:
+                    k, v = layer.keys, layer.values
+                else:
+                    shape = (c.batch_size, like.keys.shape[1], 0, like.keys.shape[3])
+                    k = v = like.keys.new_zeros(shape)
+                keys.append(torch.nn.functional.pad(k, (0, 0, width - c.width, 0)))
+                values.append(torch.nn.functional.pad(v, (0, 0, width - c.width, 0)))
+            _fill(dst, torch.cat(keys), torch.cat(values))
+        return out
 
     # ---- storage moves -------------------------------------------------------------------
     def _slice(self, start: int, stop: int) -> None:
@@ -91,6 +119,12 @@ class RaggedCache:
                 raise NotImplementedError("sliding-window caches cannot be realigned")
             if layer.is_initialized and layer.keys.numel():
                 yield layer
+
+
+def _fill(layer, keys: torch.Tensor, values: torch.Tensor) -> None:
+    """Give an empty cache layer these key/value tensors."""
+    layer.lazy_initialization(keys, values)
+    layer.keys, layer.values = keys, values
 
 
 def _first_real_column(mask: torch.Tensor) -> int:

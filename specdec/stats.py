@@ -19,7 +19,8 @@ class DecodeStats:
     other_seconds: float = 0.0  # acceptance, commits, bookkeeping
     total_seconds: float = 0.0
     realign_seconds: float = 0.0  # part of other_seconds: moving KV entries of ragged rows
-    realignments: int = 0  # commits that needed a gather (the rest were plain crops)
+    realignments: int = 0  # steps whose rows had to be realigned (padding shifted or added)
+    regroup_seconds: float = 0.0  # part of other_seconds: copying rows between groups (generate_pool)
     row_tokens: list = field(default_factory=list)  # tokens generated per batch row
     @property
     def mean_accepted_tokens(self) -> float:
@@ -28,7 +29,7 @@ class DecodeStats:
 
     @property
     def aligned_fraction(self) -> float:
-        """Share of commits that needed no realignment (a crop sufficed)."""
+        """Share of steps that needed no realignment."""
         return 1.0 - self.realignments / self.steps if self.steps else 1.0
 
     @property
@@ -50,6 +51,8 @@ class DecodeStats:
             "other_seconds": self.other_seconds,
             "total_seconds": self.total_seconds,
             "realign_seconds": self.realign_seconds,
+            "realignments": self.realignments,
+            "regroup_seconds": self.regroup_seconds,
             "aligned_fraction": self.aligned_fraction,
             "row_tokens": list(self.row_tokens),
             "tokens_per_second": self.tokens_per_second,

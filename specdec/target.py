@@ -105,12 +105,12 @@ class Target:
         softcap = getattr(self.model.config, "final_logit_softcapping", None)
         return Verification(out.last_hidden_state, self.model.get_output_embeddings(), softcap)
 
-    def commit(self, paths: list[list[int]], num_nodes: int) -> None:
+    def commit(self, paths: list[list[int]], num_nodes: int) -> bool:
         """Keep each row's root and accepted nodes from the last verification; drop the rest.
 
         Rows that kept different numbers of nodes are realigned (EQSPEC): kept entries move
-        right, padding grows on the left.  The token drawn after each path becomes that row's
-        next root and is not cached.
+        right, padding grows on the left; returns whether that happened.  The token drawn after
+        each path becomes that row's next root and is not cached.
         """
         width = self.cache.width
         keep = self.cache.mask.clone()
@@ -118,9 +118,17 @@ class Target:
         for row, path in enumerate(paths):
             if path:
                 keep[row, torch.tensor(path, device=keep.device) + width - num_nodes] = True
-        self.cache.keep(keep)
+        return self.cache.keep(keep)
 
-    def select_rows(self, rows: torch.Tensor) -> None:
-        """Continue with the batch rows ``rows`` only."""
-        self.cache.select_rows(rows)
+    def take_rows(self, rows: torch.Tensor) -> "Target":
+        """The same model with a copy of batch rows ``rows`` of the cache (this one unchanged)."""
+        out = Target(self.model)
+        out.cache = self.cache.take_rows(rows)
+        return out
+
+    def join(self, others: list["Target"]) -> "Target":
+        """One batch of the rows of ``[self, *others]``, in order (left-padded to a common width)."""
+        out = Target(self.model)
+        out.cache = RaggedCache.concat([self.cache] + [o.cache for o in others])
+        return out
 

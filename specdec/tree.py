@@ -66,6 +66,11 @@ class DraftTree:
         return cls(torch.empty(batch_size, 0, dtype=torch.long, device=device),
                    torch.empty(0, dtype=torch.long, device=device))
 
+    def take_rows(self, rows: torch.Tensor) -> "DraftTree":
+        """The same tree shape for batch rows ``rows`` only."""
+        pick = lambda t: None if t is None else t.index_select(0, rows)  # noqa: E731
+        return DraftTree(pick(self.tokens), self.parents, pick(self.draft_probs), pick(self.valid))
+
     # ---- shape --------------------------------------------------------------------------
     @property
     def batch_size(self) -> int:

@@ -10,6 +10,8 @@ from specdec.tree import DraftTree
 class ScriptedDrafter(Drafter):
     """Proposes the reference continuation, right for the first ``right`` tokens, wrong after."""
 
+    stateless = True
+
     def __init__(self, reference: torch.Tensor, vocab_size: int, right: int, num_tokens: int):
         self.reference = reference[0].tolist()
         self.vocab_size = vocab_size

@@ -35,6 +35,8 @@ class Drafter(abc.ABC):
     num_tokens: int = 4
     #: whether :meth:`propose` needs the target's hidden state (head drafters)
     needs_hidden_states: bool = False
+    #: True when the drafter keeps no per-row state between steps (then rows need no copying)
+    stateless: bool = False
 
     def start(self, target_model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> None:
         """Begin a new batch of prompts; check compatibility with the target."""
@@ -46,8 +48,24 @@ class Drafter(abc.ABC):
     def commit(self, acceptance: Acceptance, tree: DraftTree) -> None:
         """What the target kept of the last proposal (paths and the token after them), per row."""
 
-    def select_rows(self, rows: torch.Tensor) -> None:
-        """Continue with the batch rows ``rows`` only (finished rows are dropped)."""
+    def take_rows(self, rows: torch.Tensor) -> "Drafter":
+        """A drafter for batch rows ``rows`` of this one's batch, with its own copy of their state.
+
+        ``self`` is left unchanged.  Used to drop finished rows and, in ``generate_pool``, to
+        split a batch into groups; may be called between ``propose`` and ``commit``.
+        """
+        if self.stateless:
+            return self
+        raise NotImplementedError(
+            f"{self.name} keeps per-row state but does not implement take_rows()/join(), "
+            "which batches with finishing rows and generate_pool need"
+        )
+
+    def join(self, others: list["Drafter"]) -> "Drafter":
+        """One drafter for the rows of ``[self, *others]`` in order (states made by ``start``/``take_rows``)."""
+        if self.stateless:
+            return self
+        raise NotImplementedError(f"{self.name} keeps per-row state but does not implement join()")
 
     @property
     def name(self) -> str:

@@ -1,6 +1,8 @@
 """A chain drafted autoregressively by a small causal LM (Leviathan et al.; Chen et al.)."""
 from __future__ import annotations
 
+import copy
+
 import torch
 
 from ..acceptance import Acceptance
@@ -85,6 +87,14 @@ class DraftModel(Drafter):
         mask = self._cache.mask
         self._cache.keep(mask & (mask.long().cumsum(dim=1) <= valid[:, None]))
 
-    def select_rows(self, rows: torch.Tensor) -> None:
-        self._cache.select_rows(rows)
-        self._committed = self._committed.index_select(0, rows) if self._committed is not None else None
+    def take_rows(self, rows: torch.Tensor) -> "DraftModel":
+        out = copy.copy(self)
+        out._cache = self._cache.take_rows(rows)
+        out._committed = self._committed.index_select(0, rows) if self._committed is not None else None
+        return out
+
+    def join(self, others: list["DraftModel"]) -> "DraftModel":
+        out = copy.copy(self)
+        out._cache = RaggedCache.concat([self._cache] + [o._cache for o in others])
+        out._committed = None  # rows are joined between steps, before the next proposal
+        return out

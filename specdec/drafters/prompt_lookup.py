@@ -33,6 +33,8 @@ class PromptLookup(Drafter):
     In a batch each row copies its own continuation; the chain is as long as the longest.
     """
 
+    stateless = True
+
     def __init__(self, num_tokens: int = 10, max_ngram: int = 3, min_ngram: int = 1):
         if int(num_tokens) < 1:
             raise ValueError(f"num_tokens must be >= 1, got {num_tokens}")

@@ -17,6 +17,7 @@ continuations (stochastic_beam).  ``max_nodes`` caps the tree in both methods.
 """
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 
 import torch
@@ -264,5 +265,16 @@ class RecursiveTree(Drafter):
                     keep[row, slot[node]] = True
         self._cache.keep(keep)
 
-    def select_rows(self, rows: torch.Tensor) -> None:
-        self._cache.select_rows(rows)
+    def take_rows(self, rows: torch.Tensor) -> "RecursiveTree":
+        out = copy.copy(self)
+        out._cache = self._cache.take_rows(rows)  # same columns, so _context and _fed still hold
+        return out
+
+    def join(self, others: list["RecursiveTree"]) -> "RecursiveTree":
+        if self.method == "stochastic_beam":
+            raise NotImplementedError(
+                "stochastic_beam trees differ in shape between rows; batches (B > 1) need method='gumbel_topk'"
+            )
+        out = copy.copy(self)
+        out._cache = RaggedCache.concat([self._cache] + [o._cache for o in others])
+        return out
