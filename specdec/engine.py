@@ -12,7 +12,8 @@ from dataclasses import dataclass
 
 import torch
 
-from .acceptance import Acceptance, greedy_accept, recursive_rejection_sampling, speculative_sampling
+from .acceptance import (Acceptance, greedy_accept, recursive_rejection_sampling, speculative_sampling,
+                         typical_accept)
 from .drafters.base import DraftRequest, Drafter
 from .sampling import Randomness, SamplingConfig, processed_probs, seeded_randomness
 from .speculation import as_policy
@@ -28,11 +29,17 @@ class GenerateOutput:
 
 
 def accept(tree: DraftTree, verification: Verification, sampling: SamplingConfig,
-           rng: Randomness) -> Acceptance:
-    """The lossless rule for this tree: greedy match, or speculative / recursive rejection sampling."""
+           rng: Randomness, typical: tuple[float, float] | None = None) -> Acceptance:
+    """The lossless rule for this tree: greedy match, or speculative / recursive rejection sampling.
+
+    ``typical`` = (epsilon, delta) switches sampling to Medusa's typical acceptance, which is
+    LOSSY (opt-in only); greedy decoding ignores it.
+    """
     if not sampling.do_sample:
         return greedy_accept(tree, greedy_targets(tree, verification))
     p = processed_probs(verification.logits, sampling)
+    if typical is not None:
+        return typical_accept(tree, p, rng, *typical)
     if tree.is_chain:
         return speculative_sampling(tree.tokens, tree.draft_probs, p, rng, tree.valid)
     return recursive_rejection_sampling(tree, p, rng)
@@ -115,8 +122,9 @@ class Decoding:
     step together.  Both go through :meth:`step` and :meth:`commit`, the one decode loop.
     """
 
-    def __init__(self, model, drafter, sampling, eos, rng, policy, max_new_tokens):
+    def __init__(self, model, drafter, sampling, eos, rng, policy, max_new_tokens, typical=None):
         self.model = model
+        self.typical = typical
         self.drafter = drafter
         self.sampling = sampling
         self.eos = eos
@@ -140,7 +148,7 @@ class Decoding:
             self.committed[i] = row[m.bool()].tolist()
             self.generated[i] = []
         self.stats.prefill_seconds += time.perf_counter() - started
-        return Cohort(list(ids), target, drafter, roots)
+        return Cohort(list(ids), target, drafter, roots, target.prefill_hidden if self.want_hidden else None)
 
     def length(self, sequence: int) -> int:
         """Committed tokens of a sequence (prompt and generated)."""
@@ -165,7 +173,7 @@ class Decoding:
         stats.target_forwards += 1
         t2 = time.perf_counter()
         # 3. accept
-        acceptance = accept(tree, verification, self.sampling, self.rng)
+        acceptance = accept(tree, verification, self.sampling, self.rng, self.typical)
         still = []
         for r, sequence in enumerate(cohort.ids):
             path = acceptance.paths[r]
@@ -227,6 +235,7 @@ def generate(
     seed: int | None = None,
     speculation=None,
     randomness: Randomness | None = None,
+    typical_acceptance: tuple[float, float] | None = None,
 ) -> GenerateOutput:
     """Decode ``max_new_tokens`` tokens at most from ``target`` with speculative decoding.
 
@@ -234,6 +243,8 @@ def generate(
     loop.  ``speculation`` is the length policy: None (the drafter's ``num_tokens``), an int,
     or a policy object such as SmartSpec.  ``randomness`` replaces the seeded random source
     (every coin and draw goes through it; tests pass one that enumerates outcomes exactly).
+    ``typical_acceptance=(epsilon, delta)`` replaces lossless sampling by Medusa's typical
+    acceptance: LOSSY, the output is no longer distributed as the target's.
 
     A batch is decoded together (EQSPEC): after each step rows that accepted different
     numbers of tokens are realigned, and finished rows leave the batch.
@@ -243,7 +254,7 @@ def generate(
     if attention_mask is None:
         attention_mask = torch.ones_like(input_ids)
     job = decoding(model, drafter, max_new_tokens, do_sample, temperature, top_k, top_p, eos_token_id, seed,
-                   speculation, randomness, input_ids.device)
+                   speculation, randomness, input_ids.device, typical_acceptance)
     started = time.perf_counter()
     cohort = job.admit(list(range(input_ids.shape[0])), input_ids, attention_mask, drafter)
     run_to_end(job, cohort)
@@ -254,12 +265,25 @@ def generate(
 
 
 def decoding(model, drafter, max_new_tokens, do_sample, temperature, top_k, top_p, eos_token_id, seed,
-             speculation, randomness, device) -> Decoding:
+             speculation, randomness, device, typical_acceptance=None) -> Decoding:
     """A :class:`Decoding` from ``generate``'s keyword arguments."""
     sampling = SamplingConfig(do_sample, temperature, top_k, top_p)
     rng = randomness if randomness is not None else seeded_randomness(seed, device)
     policy = as_policy(speculation, drafter.num_tokens if drafter is not None else 0)
-    return Decoding(model, drafter, sampling, _eos_ids(model, eos_token_id), rng, policy, max_new_tokens)
+    typical = _typical(typical_acceptance)
+    return Decoding(model, drafter, sampling, _eos_ids(model, eos_token_id), rng, policy, max_new_tokens, typical)
+
+
+def _typical(value) -> tuple[float, float] | None:
+    if value is None:
+        return None
+    try:
+        epsilon, delta = (float(v) for v in value)
+    except (TypeError, ValueError):
+        raise ValueError(f"typical_acceptance must be None or (epsilon, delta), got {value!r}") from None
+    if not (0 <= epsilon <= 1 and delta >= 0):
+        raise ValueError(f"typical_acceptance needs 0 <= epsilon <= 1 and delta >= 0, got {value!r}")
+    return epsilon, delta
 
 
 def run_to_end(job: Decoding, cohort: Cohort) -> None:

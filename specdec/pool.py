@@ -79,6 +79,7 @@ def generate_pool(
     seed: int | None = None,
     speculation=None,
     randomness: Randomness | None = None,
+    typical_acceptance: tuple[float, float] | None = None,
 ) -> PoolOutput:
     """Decode every prompt of ``prompts`` (token-id lists or 1D tensors) with ``batch_size`` rows per step.
 
@@ -103,7 +104,7 @@ def generate_pool(
     for row in rows:  # the same checks as generate, per prompt
         _check_inputs(model, torch.tensor([row], device=device), None, max_new_tokens, drafter)
     job = decoding(model, drafter, max_new_tokens, do_sample, temperature, top_k, top_p, eos_token_id, seed,
-                   speculation, randomness, device)
+                   speculation, randomness, device, typical_acceptance)
     started = time.perf_counter()
     if policy == "eqspec":
         for first in range(0, len(rows), batch_size):

@@ -52,6 +52,7 @@ class Target:
             raise TypeError(f"target must be a Hugging Face causal LM, got {type(model).__name__}")
         self.model = model
         self.cache: RaggedCache | None = None
+        self.prefill_hidden: torch.Tensor | None = None  # [B, H] after prefill (None for 1-token prompts)
         self.forwards = 0
 
     @property
@@ -75,17 +76,18 @@ class Target:
         real in every row.
         """
         self.cache = RaggedCache(self.model.config, input_ids.shape[0], input_ids.device)
+        self.prefill_hidden = None
         context_mask = attention_mask[:, :-1].bool()
         if input_ids.shape[1] > 1:
             positions = (context_mask.long().cumsum(dim=1) - 1).clamp_min(0)
-            self.model(
+            out = self.model.get_decoder()(
                 input_ids=input_ids[:, :-1],
                 attention_mask=context_mask.long(),
                 position_ids=positions,
                 past_key_values=self.cache.kv,
                 use_cache=True,
-                logits_to_keep=1,
             )
+            self.prefill_hidden = out.last_hidden_state[:, -1]  # before each root: what head drafters read
             self.forwards += 1
         self.cache.appended(context_mask)
         return input_ids[:, -1]

@@ -1,0 +1,105 @@
+"""Medusa: K heads on the target's last hidden state guess the next K tokens; a sparse tree of
+their top guesses is verified in one target forward (Cai et al., 2024).
+
+The heads read the hidden state the target computed for the token before the root (the
+verification forward yields it, the prefill does for the first step), so drafting costs no
+extra target forward.  Nodes are deterministic top-k guesses: greedy acceptance matches them,
+and sampling accepts them by recursive rejection with point-mass children, which is lossless.
+Medusa's typical acceptance is a separate, lossy option of the acceptance rules.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from ..medusa_tree import build_sparse_tree
+from ..tree import DraftTree
+from .base import DraftRequest, Drafter, output_vocab_size
+
+WEIGHTS = "medusa.safetensors"
+CARD = "card.json"
+
+
+class Medusa(Drafter):
+    """Medusa heads plus the sparse tree of rank paths they are verified with."""
+
+    needs_hidden_states = True
+    stateless = True
+
+    def __init__(self, heads, tree: list[tuple[int, ...]]):
+        from specdec.heads.medusa import MedusaHeads
+
+        if not isinstance(heads, MedusaHeads):
+            raise TypeError(f"heads must be specdec.heads.medusa.MedusaHeads, got {type(heads).__name__}")
+        tree = [tuple(int(i) for i in path) for path in tree]
+        if not tree:
+            raise ValueError("the Medusa tree needs at least one node")
+        seen = set()
+        for path in tree:
+            if not path or min(path) < 0:
+                raise ValueError(f"tree node {path} must be a non-empty tuple of ranks >= 0")
+            if len(path) > heads.num_heads:
+                raise ValueError(f"tree node {path} is deeper than the {heads.num_heads} heads")
+            if len(path) > 1 and path[:-1] not in seen:
+                raise ValueError(f"tree node {path} comes before its parent {path[:-1]}")
+            if path in seen:
+                raise ValueError(f"tree node {path} appears twice")
+            seen.add(path)
+        self.heads = heads.eval()
+        self.tree = tree
+        self.num_tokens = max(len(p) for p in tree)
+        self._lm_head = None
+
+    @classmethod
+    def from_pretrained(cls, path, target_model: torch.nn.Module, max_nodes: int | None = None) -> "Medusa":
+        """Heads and tree from a directory holding ``medusa.safetensors`` and ``card.json``.
+
+        The card's ``tree`` is used unless ``max_nodes`` asks for a tree rebuilt from its
+        measured ``top_k_accuracy`` (per head, per rank).
+        """
+        from safetensors.torch import load_file
+
+        from specdec.heads.medusa import MedusaHeads
+
+        folder = Path(path)
+        for name in (WEIGHTS, CARD):
+            if not (folder / name).is_file():
+                raise FileNotFoundError(f"Medusa artifact {folder} lacks {name}")
+        card = json.loads((folder / CARD).read_text(encoding="utf-8"))
+        heads = MedusaHeads.from_tensors(load_file(str(folder / WEIGHTS)))
+        hidden = getattr(target_model.config, "hidden_size", None)
+        if hidden != heads.hidden_size:
+            raise ValueError(f"Medusa heads of {folder} expect hidden size {heads.hidden_size}, "
+                             f"the target has {hidden}: they were trained for another model")
+        if max_nodes is not None:
+            tree = build_sparse_tree(card["top_k_accuracy"], int(max_nodes))
+        else:
+            tree = card["tree"]
+        dtype = next(target_model.parameters()).dtype
+        return cls(heads.to(dtype), tree)
+
+    def start(self, target_model, input_ids, attention_mask) -> None:
+        hidden = getattr(target_model.config, "hidden_size", None)
+        if hidden != self.heads.hidden_size:
+            raise ValueError(f"Medusa heads expect hidden size {self.heads.hidden_size}, the target has {hidden}")
+        output_vocab_size(target_model)  # a causal LM with an output head
+        self._lm_head = target_model.get_output_embeddings()
+        self.heads.to(device=input_ids.device, dtype=next(target_model.parameters()).dtype)
+
+    @torch.no_grad()
+    def propose(self, request: DraftRequest) -> DraftTree:
+        device = request.sequences.device
+        b = request.sequences.shape[0]
+        paths = [p for p in self.tree if len(p) <= request.num_tokens]
+        if request.hidden is None or not paths:  # a one-token prompt: no hidden state yet
+            return DraftTree.empty(b, device)
+        depth = max(len(p) for p in paths)
+        logits = self.heads(request.hidden, self._lm_head)[:depth]  # [D, B, V]
+        width = [1 + max(p[d] for p in paths if len(p) > d) for d in range(depth)]
+        guesses = [torch.topk(logits[d], width[d], dim=-1).indices for d in range(depth)]  # [B, width]
+        index = {p: i for i, p in enumerate(paths)}
+        tokens = torch.stack([guesses[len(p) - 1][:, p[-1]] for p in paths], dim=1)
+        parents = torch.tensor([index[p[:-1]] if len(p) > 1 else -1 for p in paths], device=device)
+        return DraftTree(tokens, parents)
