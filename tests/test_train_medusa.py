@@ -167,3 +167,16 @@ def test_pipeline_on_a_tiny_target(tmp_path):
     want = model.generate(ids, max_new_tokens=30, do_sample=False, eos_token_id=None, pad_token_id=0)
     assert torch.equal(got.sequences, want)
     assert got.stats.mean_accepted_tokens > 1.0  # heads trained on the model's own answers are accepted
+
+
+def test_training_corpus_is_our_own_and_stable():
+    from specdec.bench.prompts import load_prompts
+    from specdec.train.corpus import training_prompts
+
+    corpus = training_prompts(300)
+    texts = [c[0]["content"] for c in corpus]
+    assert len(set(texts)) == 300 and training_prompts(120) == corpus[:120]  # a prefix: later prompts stay unseen
+    bench = {m["content"] for p in load_prompts(per_category=None) for m in p.messages}
+    assert not bench & set(texts)
+    with pytest.raises(ValueError, match="corpus holds"):
+        training_prompts(10_000)

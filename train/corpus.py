@@ -38,8 +38,8 @@ TASKS = [
 
 def training_prompts(count: int, seed: int = 0) -> list[list[dict]]:
     """``count`` single-turn chats (lists of messages), in a seeded order."""
-    combos = [(t, k) for t in TOPICS for k in TASKS]
+    combos = [(topic, task) for topic in TOPICS for task in TASKS]
     if count > len(combos):
         raise ValueError(f"the corpus holds {len(combos)} prompts; asked for {count}")
     random.Random(seed).shuffle(combos)
-    return [[{"role": "user", "content": TASKS[k].format(topic=t)}] for t, k in combos[:count]]
+    return [[{"role": "user", "content": task.format(topic=topic)}] for topic, task in combos[:count]]
