@@ -44,7 +44,8 @@ def main(cfg: DictConfig) -> None:
     names = select_methods(cfg.methods, drafter_choice, cfg.baseline,
                            loader.get_group_options("drafter"), loader.get_group_options("method"))
     configs = {name: _method_config(name, cfg, drafter_choice, hydra_cfg) for name in names}
-    document = run(cfg, configs, hydra_cfg.runtime.output_dir, started)
+    optional = set(names[1:]) if drafter_choice is None and cfg.methods == "all" else set()
+    document = run(cfg, configs, hydra_cfg.runtime.output_dir, started, optional)
     print(report.markdown(document), flush=True)
     print(report.summary_line(document), flush=True)
 
@@ -87,10 +88,13 @@ def _is_drafter_override(override: str) -> bool:
     return key == "drafter" or key.startswith("drafter.")
 
 
-def run(cfg: DictConfig, method_configs: dict[str, DictConfig], out_dir: str, started: float | None = None) -> dict:
+def run(cfg: DictConfig, method_configs: dict[str, DictConfig], out_dir: str, started: float | None = None,
+        optional: set[str] = frozenset()) -> dict:
     """Load the target, build the methods, time them and write the result files; return the document.
 
-    ``started`` (perf_counter) is when the job began: ``wall_seconds`` counts from it.
+    ``started`` (perf_counter) is when the job began: ``wall_seconds`` counts from it.  Methods
+    in ``optional`` whose trained artifact is missing are skipped (and listed as such); any
+    other missing artifact is an error.
     """
     started = time.perf_counter() if started is None else started
     if cfg.target.get("num_threads"):
@@ -102,12 +106,19 @@ def run(cfg: DictConfig, method_configs: dict[str, DictConfig], out_dir: str, st
     log.info("loaded %s in %.1f s", cfg.target.name, timing["load_seconds"])
     decoding = _decoding(cfg, model, tokenizer)
 
-    methods = []
+    methods, skipped = [], {}
     for name, node in method_configs.items():
-        if name.startswith(SPECDEC_PREFIX):
-            methods.append(build_specdec(name, node, model, decoding))
-        else:
-            methods.append(build_method(name, node, model, decoding))
+        try:
+            if name.startswith(SPECDEC_PREFIX):
+                methods.append(build_specdec(name, node, model, decoding))
+            else:
+                methods.append(build_method(name, node, model, decoding))
+        except Exception as error:  # instantiate wraps the drafter's own error
+            missing = error if isinstance(error, FileNotFoundError) else error.__cause__
+            if name not in optional or not isinstance(missing, FileNotFoundError):
+                raise
+            skipped[name] = str(missing)
+            log.warning("skipping %s: %s", name, missing)
     prompts = load_prompts(cfg.dataset.path, cfg.dataset.categories, cfg.dataset.per_category)
     encoded = [encode(tokenizer, p.messages) for p in prompts]
     log.info("%d methods x %d prompts, max_new_tokens=%d: %s", len(methods), len(prompts),
@@ -130,6 +141,7 @@ def run(cfg: DictConfig, method_configs: dict[str, DictConfig], out_dir: str, st
         "target": cfg.target.name,
         "baseline": cfg.baseline,
         "methods": names,
+        "skipped": skipped,
         "decoding": {k: getattr(decoding, k) for k in decoding.__dataclass_fields__},
         "dataset": {"path": cfg.dataset.path, "categories": list(tables["by_category"]),
                     "per_category": cfg.dataset.per_category, "prompts": len(prompts)},

@@ -115,17 +115,19 @@ class HFAssisted(HFGenerate):
 class Specdec:
     """``specdec.generate`` with one drafter (None: plain decoding through specdec's loop)."""
 
-    def __init__(self, name: str, decoding: Decoding, drafter: Drafter | None = None, speculation=None):
+    def __init__(self, name: str, decoding: Decoding, drafter: Drafter | None = None, speculation=None,
+                 **generate_kwargs):
         self.name = name
         self.decoding = decoding
         self.drafter = drafter
         self.speculation = speculation
+        self.generate_kwargs = generate_kwargs  # e.g. typical_acceptance (lossy, opt-in)
 
     def run(self, model, input_ids):
         with torch.inference_mode():
             start = time.perf_counter()
             out = specdec.generate(model, input_ids, drafter=self.drafter, speculation=self.speculation,
-                                   **self.decoding.specdec_kwargs())
+                                   **self.decoding.specdec_kwargs(), **self.generate_kwargs)
             seconds = time.perf_counter() - start
         return out.sequences, out.stats, seconds
 
@@ -145,11 +147,20 @@ def instantiate_with_target(cfg: DictConfig, target_model: torch.nn.Module, **kw
 
 
 def build_specdec(name: str, drafter_cfg: DictConfig, target_model, decoding: Decoding) -> Specdec:
-    """A specdec method from a ``configs/drafter/`` config (``_target_: null`` is no drafter)."""
+    """A specdec method from a ``configs/drafter/`` config (``_target_: null`` is no drafter).
+
+    A ``generate:`` mapping in the config is not part of the drafter: it holds extra keyword
+    arguments for ``specdec.generate`` (e.g. ``typical_acceptance``).
+    """
+    extra = {}
+    if "generate" in drafter_cfg:
+        resolved = OmegaConf.to_container(drafter_cfg, resolve=True, throw_on_missing=False)
+        extra = resolved.pop("generate")
+        drafter_cfg = OmegaConf.create(resolved)
     drafter = None
     if drafter_cfg.get("_target_") is not None:
         drafter = instantiate_with_target(drafter_cfg, target_model)
-    return Specdec(name, decoding, drafter)
+    return Specdec(name, decoding, drafter, **extra)
 
 
 def build_method(name: str, method_cfg: DictConfig, target_model, decoding: Decoding) -> Method:

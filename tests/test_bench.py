@@ -11,7 +11,7 @@ import pytest
 from specdec.bench import metrics
 from specdec.bench.app import select_methods
 
-TOP_LEVEL = {"schema_version", "created", "target", "baseline", "methods", "decoding", "dataset", "environment",
+TOP_LEVEL = {"schema_version", "created", "target", "baseline", "methods", "skipped", "decoding", "dataset", "environment",
              "timing", "output_dir", "overall", "by_category", "records", "method_configs", "config"}
 DECODING = {"max_new_tokens", "do_sample", "temperature", "top_k", "top_p", "eos_token_id", "pad_token_id", "seed"}
 DATASET = {"path", "categories", "per_category", "prompts"}
@@ -47,13 +47,16 @@ def test_default_run_writes_every_documented_field(default_run):
     assert set(doc["decoding"]) == DECODING and set(doc["dataset"]) == DATASET
     assert set(doc["environment"]) == ENVIRONMENT and set(doc["timing"]) == TIMING
     assert doc["methods"] == ALL_METHODS and doc["baseline"] == "hf_generate"
+    # no Medusa heads exist for the random tiny target: `methods=all` skips them and says why
+    assert set(doc["skipped"]) == {"specdec_medusa", "specdec_medusa_typical"}
+    assert all("artifact" in why and "not found" in why for why in doc["skipped"].values())
     assert list(doc["by_category"]) == CATEGORIES == doc["dataset"]["categories"]
     for table in [doc["overall"], *doc["by_category"].values()]:
         assert list(table) == ALL_METHODS
         assert all(tuple(row) == metrics.METRICS for row in table.values())
     assert len(doc["records"]) == len(ALL_METHODS) * len(CATEGORIES)
     assert all(set(r) == RECORD for r in doc["records"])
-    assert set(doc["method_configs"]) == set(ALL_METHODS)
+    assert set(doc["method_configs"]) == set(ALL_METHODS) | set(doc["skipped"])
 
 
 def test_default_run_numbers_are_consistent(default_run):
@@ -123,3 +126,17 @@ def test_select_methods_rules():
         select_methods(["specdec_nope"], None, "hf_generate", drafters, methods)
     with pytest.raises(ValueError, match="baseline"):
         select_methods("all", None, "hf_nope", drafters, methods)
+
+
+def test_a_drafter_config_may_carry_generate_options():
+    """``generate:`` in a drafter config goes to specdec.generate (e.g. lossy typical acceptance), not the drafter."""
+    from omegaconf import OmegaConf
+
+    from specdec.bench.methods import Decoding, build_specdec
+    from specdec.drafters import PromptLookup
+
+    cfg = OmegaConf.create({"_target_": "specdec.drafters.PromptLookup", "num_tokens": 3,
+                            "generate": {"typical_acceptance": [0.1, 0.2]}})
+    method = build_specdec("specdec_x", cfg, None, Decoding(max_new_tokens=4))
+    assert isinstance(method.drafter, PromptLookup) and method.drafter.num_tokens == 3
+    assert method.generate_kwargs == {"typical_acceptance": [0.1, 0.2]}

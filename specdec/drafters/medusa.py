@@ -10,7 +10,6 @@ Medusa's typical acceptance is a separate, lossy option of the acceptance rules.
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import torch
 
@@ -63,7 +62,9 @@ class Medusa(Drafter):
 
         from specdec.heads.medusa import MedusaHeads
 
-        folder = Path(path)
+        from ..artifacts import resolve
+
+        folder = resolve(path)
         for name in (WEIGHTS, CARD):
             if not (folder / name).is_file():
                 raise FileNotFoundError(f"Medusa artifact {folder} lacks {name}")
