@@ -178,8 +178,10 @@ def main(cfg: DictConfig) -> None:
     }
     folder = Path(hydra.utils.to_absolute_path(cfg.export_dir))
     export(params, folder, card)
-    valid_prompts = training_prompts(int(data_info.get("prompts", 0)) + int(cfg.measure.prompts))[-int(cfg.measure.prompts):] \
-        if cfg.measure.prompts else []
+    # acceptance on the held-out prompts: the distilled prompts whose answers are in the valid split
+    held_out = features_info["splits"]["valid"]["sequences"]
+    count = min(int(cfg.measure.prompts), held_out)
+    valid_prompts = training_prompts(int(data_info["prompts"]))[-count:] if count and data_info else []
     if valid_prompts:
         card["measured"] = measure_acceptance(model, tokenizer, folder, valid_prompts, int(cfg.measure.max_new_tokens))
         (folder / "card.json").write_text(json.dumps(card, indent=2) + "\n", encoding="utf-8")
