@@ -149,7 +149,8 @@ def main(cfg: DictConfig) -> None:
     valid_hidden, valid_labels = load_split(work / "features", "valid")
     tcfg = TrainConfig(**OmegaConf.to_container(cfg.optim, resolve=True))
     log.info("%d training positions, %d held out, %d JAX devices", len(hidden), len(valid_hidden), jax.device_count())
-    checkpoint = work / f"medusa-k{cfg.num_heads}.ckpt" if cfg.resume else None
+    # named after the data too, so that new features never resume an old run
+    checkpoint = work / f"medusa-k{cfg.num_heads}-n{len(hidden)}.ckpt" if cfg.resume else None
     params, result, evaluate = fit(hidden, labels, valid_hidden, valid_labels, lm_head, int(cfg.num_heads),
                                    float(cfg.decay), tcfg, checkpoint, bool(cfg.progress))
     heldout = evaluate(params, detailed=True)["heads"]

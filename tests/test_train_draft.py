@@ -1,0 +1,104 @@
+"""The distilled draft: Flax Llama = exported Hugging Face model, export round trip, distillation, exact decoding."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import torch
+from transformers import LlamaForCausalLM
+
+import specdec
+from conftest import tiny_llama
+from specdec import drafters
+from specdec.heads.llama_flax import DraftConfig, LlamaDraft, config_from_hf, export_hf, from_hf_state_dict
+from specdec.train.draft import DistillData, fit, init_from_target, teacher_topk
+from specdec.train.loop import TrainConfig
+
+
+def random_params(config, seed=0):
+    params = LlamaDraft(config).init(jax.random.PRNGKey(seed), jnp.zeros((1, 4), jnp.int32))["params"]
+    leaves, tree = jax.tree_util.tree_flatten(params)
+    keys = jax.random.split(jax.random.PRNGKey(seed + 1), len(leaves))
+    return jax.tree_util.tree_unflatten(tree, [x + 0.1 * jax.random.normal(k, x.shape) for x, k in zip(leaves, keys)])
+
+
+@pytest.mark.parametrize("tie", [True, False])
+def test_flax_draft_equals_the_exported_hf_model(tmp_path, tie):
+    config = DraftConfig(vocab_size=50, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=tie)
+    params = random_params(config)
+    ids = np.random.default_rng(0).integers(0, 50, (2, 11))
+    mask = np.ones_like(ids)
+    mask[1, :3] = 0  # a left-padded row
+    flax_logits = np.asarray(LlamaDraft(config).apply({"params": params}, jnp.asarray(ids), jnp.asarray(mask)))
+    export_hf(params, config, tmp_path, dtype="float32")
+    hf = LlamaForCausalLM.from_pretrained(tmp_path, dtype=torch.float32).eval()
+    with torch.no_grad():
+        positions = torch.tensor(np.clip(mask.cumsum(-1) - 1, 0, None))
+        ref = hf(torch.tensor(ids), attention_mask=torch.tensor(mask), position_ids=positions).logits.numpy()
+    real = mask.astype(bool)
+    assert np.abs(flax_logits[real] - ref[real]).max() < 1e-4
+    # round trip: the exported weights read back into the same Flax parameters
+    back = from_hf_state_dict(hf.state_dict(), config)
+    for a, b in zip(jax.tree_util.tree_leaves(back), jax.tree_util.tree_leaves(params)):
+        assert np.abs(np.asarray(a) - np.asarray(b)).max() < 1e-6
+    assert config_from_hf(hf.config) == config
+
+
+def test_bad_draft_shapes():
+    with pytest.raises(ValueError, match="divisible"):
+        DraftConfig(vocab_size=10, hidden_size=30, intermediate_size=8, num_hidden_layers=1, num_attention_heads=4,
+                    num_key_value_heads=2)
+    with pytest.raises(ValueError, match="key/value heads"):
+        DraftConfig(vocab_size=10, hidden_size=32, intermediate_size=8, num_hidden_layers=1, num_attention_heads=4,
+                    num_key_value_heads=3)
+
+
+def distill_setup(target, count=12, answer=24):
+    g = torch.Generator().manual_seed(0)
+    prompts = [torch.randint(3, 64, (int(n),), generator=g).tolist() for n in torch.randint(3, 9, (count,), generator=g)]
+    out = specdec.generate_pool(target, prompts, None, batch_size=4, policy="eqspec", max_new_tokens=answer,
+                                eos_token_id=[])
+    sequences = [s.numpy().astype(np.int32) for s in out.sequences]
+    lengths = np.asarray([len(p) for p in prompts], np.int32)
+    values, ids, offsets = teacher_topk(target, sequences, lengths, 8)
+    return sequences, lengths, values, ids, offsets
+
+
+def test_distillation_lowers_the_kl_and_drives_exact_decoding(tmp_path):
+    target = tiny_llama(64, seed=0, eos_token_id=None)
+    sequences, lengths, values, ids, offsets = distill_setup(target)
+    assert values.shape == (offsets[-1], 8) and offsets[-1] == sum(len(s) - p for s, p in zip(sequences, lengths))
+    data = DistillData(sequences, lengths, values, ids, offsets, 40, 8)
+    batch = data.batch([0, 1])
+    row = batch["labels"][0]
+    first = int(lengths[0]) - 1
+    assert row[:first].tolist() == [-1] * first and row[first] == sequences[0][first + 1]
+    base = config_from_hf(target.config)
+    config = DraftConfig(**{**base.__dict__, "hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1,
+                            "num_attention_heads": 2, "num_key_value_heads": 1})
+    init = init_from_target(LlamaDraft(config).init(jax.random.PRNGKey(0), jnp.zeros((1, 4), jnp.int32))["params"],
+                            config, target.state_dict(), target.config.hidden_size)
+    cfg = TrainConfig(steps=60, batch_size=4, learning_rate=1e-2, warmup_steps=5, eval_every=30, checkpoint_every=60)
+    params, result, evaluate = fit(data, data, config, cfg, 0.5, init, progress=False)
+    before, after = evaluate(init), evaluate(params)
+    assert after["heldout_kl"] < before["heldout_kl"] - 0.3 and after["heldout_ce"] < before["heldout_ce"]
+    folder = export_hf(params, config, tmp_path / "draft", dtype="float32")
+    draft = LlamaForCausalLM.from_pretrained(folder, dtype=torch.float64).eval()
+    for drafter in (drafters.DraftModel(draft, 3), drafters.RecursiveTree(draft, (2, 2))):
+        prompt = torch.tensor([sequences[0][: lengths[0]].tolist()])
+        got = specdec.generate(target, prompt, drafter, max_new_tokens=20, eos_token_id=[])
+        want = target.generate(prompt, max_new_tokens=20, do_sample=False, eos_token_id=None, pad_token_id=0)
+        assert torch.equal(got.sequences, want)
+
+
+def test_equal_width_draft_starts_as_the_targets_first_layers():
+    target = tiny_llama(64, seed=0, eos_token_id=None, dtype=torch.float32)
+    base = config_from_hf(target.config)
+    config = DraftConfig(**{**base.__dict__, "num_hidden_layers": target.config.num_hidden_layers})
+    params = init_from_target(LlamaDraft(config).init(jax.random.PRNGKey(0), jnp.zeros((1, 4), jnp.int32))["params"],
+                              config, target.state_dict(), target.config.hidden_size)
+    ids = np.arange(3, 15)[None]
+    got = np.asarray(LlamaDraft(config).apply({"params": params}, jnp.asarray(ids)))
+    with torch.no_grad():
+        want = target(torch.tensor(ids)).logits.numpy()
+    assert np.abs(got - want).max() < 1e-4  # all layers copied: the draft is the target
