@@ -102,3 +102,20 @@ def test_equal_width_draft_starts_as_the_targets_first_layers():
     with torch.no_grad():
         want = target(torch.tensor(ids)).logits.numpy()
     assert np.abs(got - want).max() < 1e-4  # all layers copied: the draft is the target
+
+
+def test_load_draft_model(tmp_path):
+    target = tiny_llama(64, seed=0, eos_token_id=None)
+    config = DraftConfig(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                         num_attention_heads=2, num_key_value_heads=1)
+    export_hf(random_params(config), config, tmp_path / "d", dtype="bfloat16")
+    draft = drafters.load_draft_model(target, tmp_path / "d")
+    assert draft.dtype == torch.float64 and draft.config.hidden_size == 16  # cast to the target's dtype
+    assert drafters.load_draft_model(target, None, self_draft_layers=1).config.num_hidden_layers == 1
+    with pytest.raises(FileNotFoundError, match="not found"):
+        drafters.load_draft_model(target, tmp_path / "missing")
+    wrong = DraftConfig(vocab_size=65, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                        num_attention_heads=2, num_key_value_heads=1)
+    export_hf(random_params(wrong), wrong, tmp_path / "w", dtype="float32")
+    with pytest.raises(ValueError, match="vocabularies differ"):
+        drafters.load_draft_model(target, tmp_path / "w")

@@ -1,9 +1,9 @@
 """Drafters: every way of proposing tokens, behind one protocol (:class:`Drafter`)."""
 from .base import DraftRequest, Drafter
-from .draft_model import DraftModel
+from .draft_model import DraftModel, load_draft_model
 from .medusa import Medusa
 from .prompt_lookup import PromptLookup, lookup_continuation
 from .recursive_tree import RecursiveTree
 from .self_draft import truncated_model
 
-__all__ = ["Drafter", "DraftRequest", "DraftModel", "Medusa", "PromptLookup", "RecursiveTree", "lookup_continuation", "truncated_model"]
+__all__ = ["Drafter", "DraftRequest", "DraftModel", "Medusa", "PromptLookup", "RecursiveTree", "load_draft_model", "lookup_continuation", "truncated_model"]

@@ -13,6 +13,22 @@ from .base import DraftRequest, Drafter, check_same_vocabulary
 from .self_draft import truncated_model
 
 
+def load_draft_model(target_model: torch.nn.Module, path=None, self_draft_layers: int | None = None) -> torch.nn.Module:
+    """The small LM a drafter drafts with: a Hugging Face directory (e.g. a distilled draft in
+    ``artifacts/``), or, with ``path=None``, the target's first ``self_draft_layers`` layers."""
+    if path is not None:
+        from transformers import AutoModelForCausalLM
+
+        from ..artifacts import resolve
+
+        model = AutoModelForCausalLM.from_pretrained(resolve(path), dtype=next(target_model.parameters()).dtype)
+        check_same_vocabulary(model, target_model)
+        return model.eval()
+    if self_draft_layers is None:
+        raise ValueError("load_draft_model needs a path or self_draft_layers")
+    return truncated_model(target_model, int(self_draft_layers))
+
+
 def catch_up_block(request: DraftRequest, cached: torch.Tensor):
     """The committed tokens each row's draft cache lacks, right-aligned in one block.
 
