@@ -122,7 +122,8 @@ class LlamaDraft(nn.Module):
     config: DraftConfig
 
     @nn.compact
-    def __call__(self, input_ids, attention_mask=None):
+    def __call__(self, input_ids, attention_mask=None, at=None):
+        """Logits [B, T, V]; with ``at`` [B, A] (positions), only the logits there [B, A, V]."""
         c = self.config
         if attention_mask is None:
             attention_mask = jnp.ones_like(input_ids)
@@ -136,6 +137,8 @@ class LlamaDraft(nn.Module):
         for i in range(c.num_hidden_layers):
             x = DecoderLayer(c, name=f"layers_{i}")(x, cos, sin, mask)
         x = RMSNorm(c.rms_norm_eps, name="norm")(x)
+        if at is not None:  # the output head over a large vocabulary is the costly part: only where asked
+            x = jnp.take_along_axis(x, at[..., None], axis=1)
         if c.tie_word_embeddings:
             return embed.attend(x)
         return nn.Dense(c.vocab_size, use_bias=False, name="lm_head", kernel_init=nn.initializers.normal(0.02))(x)

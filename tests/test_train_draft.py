@@ -37,6 +37,9 @@ def test_flax_draft_equals_the_exported_hf_model(tmp_path, tie):
         ref = hf(torch.tensor(ids), attention_mask=torch.tensor(mask), position_ids=positions).logits.numpy()
     real = mask.astype(bool)
     assert np.abs(flax_logits[real] - ref[real]).max() < 1e-4
+    at = np.array([[0, 5, 10], [3, 4, 9]])
+    picked = np.asarray(LlamaDraft(config).apply({"params": params}, jnp.asarray(ids), jnp.asarray(mask), jnp.asarray(at)))
+    assert np.abs(picked - np.take_along_axis(flax_logits, at[..., None], 1)).max() < 1e-5
     # round trip: the exported weights read back into the same Flax parameters
     back = from_hf_state_dict(hf.state_dict(), config)
     for a, b in zip(jax.tree_util.tree_leaves(back), jax.tree_util.tree_leaves(params)):
@@ -70,9 +73,10 @@ def test_distillation_lowers_the_kl_and_drives_exact_decoding(tmp_path):
     assert values.shape == (offsets[-1], 8) and offsets[-1] == sum(len(s) - p for s, p in zip(sequences, lengths))
     data = DistillData(sequences, lengths, values, ids, offsets, 40, 8)
     batch = data.batch([0, 1])
-    row = batch["labels"][0]
-    first = int(lengths[0]) - 1
-    assert row[:first].tolist() == [-1] * first and row[first] == sequences[0][first + 1]
+    first, answer = int(lengths[0]) - 1, len(sequences[0]) - int(lengths[0])
+    assert batch["at"][0, :answer].tolist() == list(range(first, first + answer))
+    assert batch["labels"][0, :answer].tolist() == sequences[0][first + 1:].tolist()
+    assert (batch["labels"][0, answer:] == -1).all()
     base = config_from_hf(target.config)
     config = DraftConfig(**{**base.__dict__, "hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1,
                             "num_attention_heads": 2, "num_key_value_heads": 1})

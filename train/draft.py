@@ -48,38 +48,43 @@ def teacher_topk(model, sequences, prompt_lengths, k: int) -> tuple[np.ndarray, 
 
 # ---- batches -----------------------------------------------------------------------------------
 class DistillData:
-    """Right-padded batches of sequences with the teacher's top-k at answer positions."""
+    """Right-padded batches of sequences with the teacher's top-k at (up to ``max_answer``) answer positions."""
 
-    def __init__(self, sequences, prompt_lengths, values, ids, offsets, max_length: int, k: int):
+    def __init__(self, sequences, prompt_lengths, values, ids, offsets, max_length: int, k: int,
+                 max_answer: int | None = None):
         self.sequences, self.prompt_lengths = sequences, prompt_lengths
         self.values, self.ids, self.offsets = values[:, :k], ids[:, :k], offsets
         self.max_length, self.k = max_length, k
+        self.max_answer = max_answer if max_answer is not None else max_length
 
     def __len__(self):
         return len(self.sequences)
 
     def batch(self, rows) -> dict:
-        b, t = len(rows), self.max_length
+        """``at`` [B, A]: positions whose next token is an answer token; ``labels`` -1 where unused."""
+        b, t, a = len(rows), self.max_length, self.max_answer
         out = {"input_ids": np.zeros((b, t), np.int32), "attention_mask": np.zeros((b, t), np.int32),
-               "labels": np.full((b, t), -1, np.int32), "top_ids": np.zeros((b, t, self.k), np.int32),
-               "top_logits": np.zeros((b, t, self.k), np.float32)}
+               "at": np.zeros((b, a), np.int32), "labels": np.full((b, a), -1, np.int32),
+               "top_ids": np.zeros((b, a, self.k), np.int32), "top_logits": np.zeros((b, a, self.k), np.float32)}
         for r, i in enumerate(rows):
             seq, plen = self.sequences[i][:t], int(self.prompt_lengths[i])
             n = len(seq)
             out["input_ids"][r, :n] = seq
             out["attention_mask"][r, :n] = 1
-            first, last = plen - 1, n - 1  # positions predicting answer tokens (inside the window)
-            if last > first:
-                out["labels"][r, first:last] = seq[first + 1: last + 1]
-                a, z = self.offsets[i], self.offsets[i] + (last - first)
-                out["top_ids"][r, first:last] = self.ids[a:z]
-                out["top_logits"][r, first:last] = self.values[a:z]
+            first = plen - 1
+            count = max(0, min(n - 1 - first, a))  # answer positions inside the window
+            if count:
+                out["at"][r, :count] = np.arange(first, first + count)
+                out["labels"][r, :count] = seq[first + 1: first + 1 + count]
+                start = self.offsets[i]
+                out["top_ids"][r, :count] = self.ids[start:start + count]
+                out["top_logits"][r, :count] = self.values[start:start + count]
         return out
 
 
 def make_loss(module: LlamaDraft, alpha: float):
     def loss_fn(params, batch):
-        logits = module.apply({"params": params}, batch["input_ids"], batch["attention_mask"])
+        logits = module.apply({"params": params}, batch["input_ids"], batch["attention_mask"], batch["at"])
         logq = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
         valid = batch["labels"] >= 0
         count = jnp.maximum(valid.sum(), 1)
@@ -194,7 +199,8 @@ def main(cfg: DictConfig) -> None:
         new_offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
         v = np.concatenate([values[s:s + c] for s, c in zip(starts, counts)])
         d = np.concatenate([ids[s:s + c] for s, c in zip(starts, counts)])
-        return DistillData(seqs, prompt_lengths[list(rows)], v, d, new_offsets, int(cfg.max_length), k)
+        return DistillData(seqs, prompt_lengths[list(rows)], v, d, new_offsets, int(cfg.max_length), k,
+                           int(cfg.max_answer))
 
     train_data, valid_data = subset(range(split)), subset(range(split, len(sequences)))
     base = config_from_hf(model.config)
