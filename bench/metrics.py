@@ -12,11 +12,17 @@ Spec-Bench reports them:
   forward, the bonus token included)
 - ``draft_share``, ``verify_share``, ``other_share`` = each part / (draft + verify + other)
 - ``equivalence`` = fraction of prompts whose output is the baseline's, token for token
+- ``acceptance_by_position`` = per draft depth i, the share of steps reaching i that accept it
+  (:func:`specdec.stats.acceptance_by_position`; None for methods without stats)
 """
 from __future__ import annotations
 
+from collections import Counter
+
+from specdec.stats import acceptance_by_position
+
 METRICS = ("prompts", "new_tokens", "seconds", "tokens_per_second", "speedup", "mean_accepted_tokens",
-           "target_forwards", "draft_share", "verify_share", "other_share", "equivalence")
+           "target_forwards", "draft_share", "verify_share", "other_share", "equivalence", "acceptance_by_position")
 
 
 def method_metrics(rows: list[dict], baseline_rows: list[dict]) -> dict:
@@ -36,6 +42,7 @@ def method_metrics(rows: list[dict], baseline_rows: list[dict]) -> dict:
     out.update(time_shares(rows))
     identical = [r["identical"] for r in rows]
     out["equivalence"] = None if not rows or None in identical else sum(identical) / len(identical)
+    out["acceptance_by_position"] = position_rates(rows)
     return out
 
 
@@ -47,6 +54,18 @@ def speedup(rows: list[dict], baseline_rows: list[dict]) -> float | None:
     theirs = _ratio(sum(base[r["prompt_id"]]["seconds"] for r in shared),
                     sum(base[r["prompt_id"]]["new_tokens"] for r in shared))
     return _ratio(theirs, mine)
+
+
+def position_rates(rows: list[dict]) -> list[float] | None:
+    """Acceptance rate per draft position over every step of ``rows`` (None without stats)."""
+    triples = [r.get("depth_accepted") for r in rows]
+    if not rows or None in triples:
+        return None
+    pairs = Counter()
+    for record in triples:
+        for depth, accepted, count in record:
+            pairs[depth, accepted] += count
+    return acceptance_by_position(pairs)
 
 
 def time_shares(rows: list[dict]) -> dict:

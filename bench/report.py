@@ -67,6 +67,17 @@ def markdown(document: dict) -> str:
             cells = [_fmt(document["by_category"][c][m][key], spec, unit) for c in categories]
             cells.append(_fmt(document["overall"][m][key], spec, unit))
             lines.append(f"| {m} | " + " | ".join(cells) + " |")
+    rates = {m: document["overall"][m].get("acceptance_by_position") for m in document["methods"]}
+    rates = {m: r for m, r in rates.items() if r}
+    if rates:
+        depth = max(len(r) for r in rates.values())
+        lines += ["", "## Acceptance rate by draft position", "",
+                  "Of the steps that drafted position i and accepted every position before it, the share "
+                  "that accepted i too.", "", "| method | " + " | ".join(str(i + 1) for i in range(depth)) + " |",
+                  "|---|" + "---:|" * depth]
+        for m, r in rates.items():
+            lines.append(f"| {m} | " + " | ".join(_fmt(r[i], '.2f') if i < len(r) else "" for i in range(depth))
+                         + " |")
     return "\n".join(lines) + "\n"
 
 

@@ -65,6 +65,8 @@ def _record(prompt, input_ids, method: str, generated: list[int], stats, seconds
         "other_seconds": stats.other_seconds if stats is not None else None,
         "accepted_histogram": ({str(k): v for k, v in sorted(stats.accepted_histogram.items())}
                                if stats is not None else None),
+        "depth_accepted": ([[int(d), int(a), v] for (d, a), v in sorted(stats.depth_accepted.items())]
+                           if stats is not None else None),
         "identical": None,
     }
     return record

@@ -175,12 +175,14 @@ class Decoding:
         # 3. accept
         acceptance = accept(tree, verification, self.sampling, self.rng, self.typical)
         still = []
+        proposed = int(tree.depth.max()) if tree.num_nodes else 0
         for r, sequence in enumerate(cohort.ids):
             path = acceptance.paths[r]
             new = _truncate(tree.tokens[r, path].tolist() + [int(acceptance.next_tokens[r])], remaining[r], self.eos)
             self.generated[sequence].extend(new)
             self.committed[sequence].extend(new)
             stats.accepted_histogram[len(path)] += 1
+            stats.depth_accepted[proposed, len(path)] += 1
             if len(self.generated[sequence]) < self.max_new_tokens and new[-1] not in self.eos:
                 still.append(r)
         if self.want_hidden:

@@ -13,6 +13,7 @@ class DecodeStats:
     tokens_generated: int = 0
     drafted_tokens: int = 0  # nodes proposed over all steps
     accepted_histogram: Counter = field(default_factory=Counter)  # accepted draft tokens -> steps
+    depth_accepted: Counter = field(default_factory=Counter)  # (draft depth proposed, accepted) -> row steps
     prefill_seconds: float = 0.0
     draft_seconds: float = 0.0
     verify_seconds: float = 0.0
@@ -22,6 +23,10 @@ class DecodeStats:
     realignments: int = 0  # steps whose rows had to be realigned (padding shifted or added)
     regroup_seconds: float = 0.0  # part of other_seconds: copying rows between groups (generate_pool)
     row_tokens: list = field(default_factory=list)  # tokens generated per batch row
+    def acceptance_by_position(self) -> list[float]:
+        """See :func:`acceptance_by_position`: this call's per-depth acceptance rates."""
+        return acceptance_by_position(self.depth_accepted)
+
     @property
     def mean_accepted_tokens(self) -> float:
         """Tokens per row per verification, the correction/bonus token included (Spec-Bench's count)."""
@@ -45,6 +50,7 @@ class DecodeStats:
             "drafted_tokens": self.drafted_tokens,
             "mean_accepted_tokens": self.mean_accepted_tokens,
             "accepted_histogram": {int(k): v for k, v in sorted(self.accepted_histogram.items())},
+            "acceptance_by_position": self.acceptance_by_position(),
             "prefill_seconds": self.prefill_seconds,
             "draft_seconds": self.draft_seconds,
             "verify_seconds": self.verify_seconds,
@@ -57,3 +63,23 @@ class DecodeStats:
             "row_tokens": list(self.row_tokens),
             "tokens_per_second": self.tokens_per_second,
         }
+
+
+def acceptance_by_position(depth_accepted: dict[tuple[int, int], int]) -> list[float]:
+    """Rate at which draft position i is accepted given position i-1 was, for i = 1, 2, ...
+
+    ``depth_accepted`` maps ``(depth proposed, tokens accepted)`` to a count of row steps.
+    Entry i-1 is the chain's alpha_i: among steps that proposed at least i positions and
+    accepted the first i-1, the share that also accepted position i (steps drafting short of i,
+    near the token budget, do not count against it).  Up to the deepest position proposed.
+    """
+    pairs = {(int(d), int(a)): v for (d, a), v in depth_accepted.items()}
+    if any(a < 0 or a > d or v < 0 for (d, a), v in pairs.items()):
+        raise ValueError(f"need 0 <= accepted <= depth and counts >= 0, got {dict(depth_accepted)}")
+    deepest = max((d for (d, _), v in pairs.items() if v > 0), default=0)
+    rates = []
+    for i in range(1, deepest + 1):
+        reached = sum(v for (d, a), v in pairs.items() if d >= i and a >= i - 1)
+        passed = sum(v for (d, a), v in pairs.items() if d >= i and a >= i)
+        rates.append(passed / reached if reached else float("nan"))
+    return rates

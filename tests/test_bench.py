@@ -18,7 +18,7 @@ DATASET = {"path", "categories", "per_category", "prompts"}
 ENVIRONMENT = {"python", "torch", "transformers", "platform", "cpu_count", "num_threads"}
 TIMING = {"load_seconds", "warmup_seconds", "run_seconds", "wall_seconds"}
 RECORD = {"prompt_id", "category", "method", "prompt_tokens", "new_tokens", "seconds", "target_forwards", "steps",
-          "draft_seconds", "verify_seconds", "other_seconds", "accepted_histogram", "identical"}
+          "draft_seconds", "verify_seconds", "other_seconds", "accepted_histogram", "depth_accepted", "identical"}
 CATEGORIES = ["conversation", "translation", "summarization", "qa", "math", "rag"]
 ALL_METHODS = ["hf_generate", "specdec_none", "specdec_draft_model", "specdec_prompt_lookup",
                "specdec_rsd_beam", "specdec_rsd_gumbel", "hf_assisted", "hf_prompt_lookup"]

@@ -82,3 +82,11 @@ def test_zero_time_or_steps_give_none_not_an_error():
     """Degenerate totals (no seconds, no steps) read as None rather than dividing by zero."""
     m = metrics.method_metrics([rec("p", "c", "m", 0, 0.0, steps=0, forwards=0)], [])
     assert m["tokens_per_second"] is None and m["mean_accepted_tokens"] is None and m["speedup"] is None
+
+
+def test_acceptance_by_position_pools_every_prompts_steps():
+    """Per-position rates come from the summed (depth, accepted) counts of all prompts, None for HF methods."""
+    a = {**rec("a1", "a", "fast", 10, 1.0), "depth_accepted": [[2, 0, 1], [2, 2, 1]]}
+    b = {**rec("b1", "b", "fast", 30, 1.5), "depth_accepted": [[2, 1, 2]]}
+    assert metrics.position_rates([a, b]) == [3 / 4, 1 / 3]
+    assert metrics.position_rates([a, rec("b1", "b", "hf", 30, 1.5)]) is None
