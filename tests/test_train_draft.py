@@ -123,3 +123,32 @@ def test_load_draft_model(tmp_path):
     export_hf(random_params(wrong), wrong, tmp_path / "w", dtype="float32")
     with pytest.raises(ValueError, match="vocabularies differ"):
         drafters.load_draft_model(target, tmp_path / "w")
+
+
+def test_acceptance_by_position_from_a_histogram():
+    """alpha_i: of the steps that proposed position i and accepted up to i-1, the share accepting i."""
+    from specdec.stats import acceptance_by_position
+
+    assert acceptance_by_position({(3, 0): 2, (3, 1): 1, (3, 3): 1}) == [2 / 4, 1 / 2, 1.0]
+    # a step that drafted only one token (near the budget) does not count against position 2
+    assert acceptance_by_position({(2, 2): 1, (1, 1): 3}) == [1.0, 1.0]
+    assert acceptance_by_position({(0, 0): 5}) == []
+    with pytest.raises(ValueError, match="accepted <= depth"):
+        acceptance_by_position({(1, 2): 2})
+
+
+def test_measure_reports_full_acceptance_for_the_target_as_its_own_draft(tmp_path):
+    """The card's measurement: a draft identical to the target accepts every position, at a cost ratio near 1."""
+    from specdec.bench.targets import tiny_target
+    from specdec.train.draft import measure
+
+    model, tokenizer = tiny_target(num_layers=1, hidden=16, dtype="float64")
+    model.save_pretrained(tmp_path / "self")
+    chats = [[{"role": "user", "content": "hi"}], [{"role": "user", "content": "tell me more"}]]
+    got = measure(model, tokenizer, tmp_path / "self", chats, max_new_tokens=12, num_tokens=3, cost_steps=4)
+    assert got["acceptance_by_position"] == [1.0, 1.0, 1.0]
+    assert got["mean_accepted_tokens"] > 3.0 and got["cost"]["ratio"] > 0
+    other, _ = tiny_target(num_layers=1, hidden=16, seed=1, dtype="float64")
+    other.save_pretrained(tmp_path / "other")
+    worse = measure(model, tokenizer, tmp_path / "other", chats, max_new_tokens=12, num_tokens=3, cost_steps=4)
+    assert worse["mean_accepted_tokens"] < got["mean_accepted_tokens"]

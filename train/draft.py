@@ -171,6 +171,41 @@ def fit(data: DistillData, valid: DistillData, config: DraftConfig, cfg: TrainCo
     return result.params, result, evaluate
 
 
+def measure(model, tokenizer, folder: Path, prompts: list, max_new_tokens: int, num_tokens: int,
+            cost_steps: int = 32) -> dict:
+    """The exported draft at work: greedy chain acceptance on held-out prompts, and its cost.
+
+    Acceptance comes from ``specdec.generate`` with ``DraftModel(draft, num_tokens)``; the cost
+    is a one-token cached forward of the draft over the target's (median, this machine).
+    """
+    from collections import Counter
+
+    import specdec
+    from specdec import drafters
+    from specdec.bench.draft_cost import step_seconds
+    from specdec.bench.prompts import encode
+    from specdec.stats import acceptance_by_position
+
+    draft = drafters.load_draft_model(model, folder)
+    drafter = drafters.DraftModel(draft, num_tokens)
+    histogram, depth_accepted, tokens, steps = Counter(), Counter(), 0, 0
+    for chat in prompts:
+        with torch.inference_mode():
+            out = specdec.generate(model, encode(tokenizer, chat), drafter, max_new_tokens=max_new_tokens)
+        histogram.update(out.stats.accepted_histogram)
+        depth_accepted.update(out.stats.depth_accepted)
+        tokens += out.stats.tokens_generated
+        steps += out.stats.steps
+    probe = encode(tokenizer, prompts[0])
+    target_ms, draft_ms = (1e3 * step_seconds(m, probe, cost_steps) for m in (model, draft))
+    return {"prompts": len(prompts), "max_new_tokens": max_new_tokens, "num_tokens": num_tokens,
+            "mean_accepted_tokens": tokens / max(steps, 1),
+            "acceptance_by_position": acceptance_by_position(depth_accepted),
+            "accepted_histogram": {int(k): v for k, v in sorted(histogram.items())},
+            "cost": {"target_ms": target_ms, "draft_ms": draft_ms, "ratio": draft_ms / target_ms,
+                     "threads": torch.get_num_threads()}}
+
+
 @hydra.main(version_base="1.3", config_path="pkg://specdec.configs", config_name="train/draft")
 def main(cfg: DictConfig) -> None:
     if cfg.target.get("num_threads"):
@@ -179,7 +214,7 @@ def main(cfg: DictConfig) -> None:
 
     work = Path(cfg.work_dir)
     sequences, prompt_lengths = load_tokens(work / "tokens.safetensors")
-    model, _ = instantiate(cfg.target.load)
+    model, tokenizer = instantiate(cfg.target.load)
     k = int(cfg.teacher_topk)
     teacher_file = work / f"teacher-top{k}.npz"
     if not teacher_file.is_file():
@@ -224,7 +259,14 @@ def main(cfg: DictConfig) -> None:
             "command": "python -m specdec.train.self_distill && python -m specdec.train.draft"}
     folder = Path(hydra.utils.to_absolute_path(cfg.export_dir))
     export_hf(params, config, folder, dtype="bfloat16", extra=card)
-    log.info("exported %s: %s", folder, final)
+    count = min(int(cfg.measure.prompts), len(valid_data))
+    if count:  # held-out prompts: the corpus prompts whose answers are the valid split's
+        from .corpus import training_prompts
+
+        card["measured"] = measure(model, tokenizer, folder, training_prompts(len(sequences))[-count:],
+                                   int(cfg.measure.max_new_tokens), int(cfg.measure.num_tokens))
+        (folder / "card.json").write_text(json.dumps(card, indent=2) + "\n", encoding="utf-8")
+    log.info("exported %s: %s, measured %s", folder, final, card.get("measured"))
 
 
 if __name__ == "__main__":
