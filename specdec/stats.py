@@ -71,7 +71,8 @@ def acceptance_by_position(depth_accepted: dict[tuple[int, int], int]) -> list[f
     ``depth_accepted`` maps ``(depth proposed, tokens accepted)`` to a count of row steps.
     Entry i-1 is the chain's alpha_i: among steps that proposed at least i positions and
     accepted the first i-1, the share that also accepted position i (steps drafting short of i,
-    near the token budget, do not count against it).  Up to the deepest position proposed.
+    near the token budget, do not count against it).  Up to the deepest position that some
+    step reached (proposed, with every position before it accepted).
     """
     pairs = {(int(d), int(a)): v for (d, a), v in depth_accepted.items()}
     if any(a < 0 or a > d or v < 0 for (d, a), v in pairs.items()):
@@ -81,5 +82,7 @@ def acceptance_by_position(depth_accepted: dict[tuple[int, int], int]) -> list[f
     for i in range(1, deepest + 1):
         reached = sum(v for (d, a), v in pairs.items() if d >= i and a >= i - 1)
         passed = sum(v for (d, a), v in pairs.items() if d >= i and a >= i)
-        rates.append(passed / reached if reached else float("nan"))
+        if not reached:
+            break
+        rates.append(passed / reached)
     return rates

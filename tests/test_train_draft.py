@@ -133,6 +133,7 @@ def test_acceptance_by_position_from_a_histogram():
     # a step that drafted only one token (near the budget) does not count against position 2
     assert acceptance_by_position({(2, 2): 1, (1, 1): 3}) == [1.0, 1.0]
     assert acceptance_by_position({(0, 0): 5}) == []
+    assert acceptance_by_position({(8, 1): 3, (8, 0): 1}) == [3 / 4, 0.0]  # nothing reached position 3
     with pytest.raises(ValueError, match="accepted <= depth"):
         acceptance_by_position({(1, 2): 2})
 
