@@ -181,7 +181,6 @@ class Decoding:
             new = _truncate(tree.tokens[r, path].tolist() + [int(acceptance.next_tokens[r])], remaining[r], self.eos)
             self.generated[sequence].extend(new)
             self.committed[sequence].extend(new)
-            stats.accepted_histogram[len(path)] += 1
             stats.depth_accepted[proposed, len(path)] += 1
             if len(self.generated[sequence]) < self.max_new_tokens and new[-1] not in self.eos:
                 still.append(r)

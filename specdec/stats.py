@@ -12,7 +12,6 @@ class DecodeStats:
     target_forwards: int = 0  # prefill included
     tokens_generated: int = 0
     drafted_tokens: int = 0  # nodes proposed over all steps
-    accepted_histogram: Counter = field(default_factory=Counter)  # accepted draft tokens -> steps
     depth_accepted: Counter = field(default_factory=Counter)  # (draft depth proposed, accepted) -> row steps
     prefill_seconds: float = 0.0
     draft_seconds: float = 0.0
@@ -23,6 +22,15 @@ class DecodeStats:
     realignments: int = 0  # steps whose rows had to be realigned (padding shifted or added)
     regroup_seconds: float = 0.0  # part of other_seconds: copying rows between groups (generate_pool)
     row_tokens: list = field(default_factory=list)  # tokens generated per batch row
+
+    @property
+    def accepted_histogram(self) -> Counter:
+        """Accepted draft tokens -> row steps, whatever depth was proposed."""
+        histogram = Counter()
+        for (_, accepted), steps in self.depth_accepted.items():
+            histogram[accepted] += steps
+        return histogram
+
     def acceptance_by_position(self) -> list[float]:
         """See :func:`acceptance_by_position`: this call's per-depth acceptance rates."""
         return acceptance_by_position(self.depth_accepted)

@@ -178,30 +178,27 @@ def measure(model, tokenizer, folder: Path, prompts: list, max_new_tokens: int, 
     Acceptance comes from ``specdec.generate`` with ``DraftModel(draft, num_tokens)``; the cost
     is a one-token cached forward of the draft over the target's (median, this machine).
     """
-    from collections import Counter
-
     import specdec
     from specdec import drafters
     from specdec.bench.draft_cost import step_seconds
     from specdec.bench.prompts import encode
-    from specdec.stats import acceptance_by_position
+    from specdec.stats import DecodeStats
 
     draft = drafters.load_draft_model(model, folder)
     drafter = drafters.DraftModel(draft, num_tokens)
-    histogram, depth_accepted, tokens, steps = Counter(), Counter(), 0, 0
+    total = DecodeStats()  # every prompt's steps pooled
     for chat in prompts:
         with torch.inference_mode():
             out = specdec.generate(model, encode(tokenizer, chat), drafter, max_new_tokens=max_new_tokens)
-        histogram.update(out.stats.accepted_histogram)
-        depth_accepted.update(out.stats.depth_accepted)
-        tokens += out.stats.tokens_generated
-        steps += out.stats.steps
+        total.depth_accepted.update(out.stats.depth_accepted)
+        total.tokens_generated += out.stats.tokens_generated
+        total.row_steps += out.stats.row_steps
     probe = encode(tokenizer, prompts[0])
     target_ms, draft_ms = (1e3 * step_seconds(m, probe, cost_steps) for m in (model, draft))
     return {"prompts": len(prompts), "max_new_tokens": max_new_tokens, "num_tokens": num_tokens,
-            "mean_accepted_tokens": tokens / max(steps, 1),
-            "acceptance_by_position": acceptance_by_position(depth_accepted),
-            "accepted_histogram": {int(k): v for k, v in sorted(histogram.items())},
+            "mean_accepted_tokens": total.mean_accepted_tokens,
+            "acceptance_by_position": total.acceptance_by_position(),
+            "accepted_histogram": {int(k): v for k, v in sorted(total.accepted_histogram.items())},
             "cost": {"target_ms": target_ms, "draft_ms": draft_ms, "ratio": draft_ms / target_ms,
                      "threads": torch.get_num_threads()}}
 
