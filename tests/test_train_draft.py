@@ -125,7 +125,7 @@ def test_load_draft_model(tmp_path):
         drafters.load_draft_model(target, tmp_path / "w")
 
 
-def test_acceptance_by_position_from_a_histogram():
+def test_acceptance_by_position_from_depth_and_accepted_counts():
     """alpha_i: of the steps that proposed position i and accepted up to i-1, the share accepting i."""
     from specdec.stats import acceptance_by_position
 
@@ -139,7 +139,7 @@ def test_acceptance_by_position_from_a_histogram():
 
 
 def test_measure_reports_full_acceptance_for_the_target_as_its_own_draft(tmp_path):
-    """The card's measurement: a draft identical to the target accepts every position, at a cost ratio near 1."""
+    """The card's measurement: a draft identical to the target accepts every position; another accepts less."""
     from specdec.bench.targets import tiny_target
     from specdec.train.draft import measure
 
