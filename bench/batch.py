@@ -71,7 +71,7 @@ def run(cfg: DictConfig, out_dir: str) -> dict:
         with torch.inference_mode():
             t0 = time.perf_counter()
             out = specdec.generate_pool(model, prompt_rows, None if policy == "plain" else drafter,
-                                        batch_size=batch_size, policy="eqspec" if policy == "plain" else policy,
+                                        batch_size=batch_size, schedule="eqspec" if policy == "plain" else policy,
                                         window=int(cfg.window_factor) * batch_size,
                                         min_group_size=cfg.min_group_size, **{**kwargs, **extra})
             return out, time.perf_counter() - t0

@@ -5,16 +5,18 @@ sampled output is distributed exactly as the target's.  Anything lossy is opt-in
 """
 from . import drafters
 from .acceptance import Acceptance
+from .config import DecodeConfig
 from .engine import GenerateOutput, generate
 from .loading import load_model
 from .pool import PoolOutput, generate_pool
 from .sampling import SamplingConfig
-from .speculation import FixedLength
+from .speculation import FixedLength, SpeculationPlan, SpeculationPolicy, StepContext, StepReport
 from .stats import DecodeStats
 from .target import Target
 from .tree import DraftTree
 
 __all__ = [
-    "Acceptance", "DecodeStats", "DraftTree", "FixedLength", "GenerateOutput", "PoolOutput", "SamplingConfig",
-    "Target", "drafters", "generate", "generate_pool", "load_model",
+    "Acceptance", "DecodeConfig", "DecodeStats", "DraftTree", "FixedLength", "GenerateOutput", "PoolOutput",
+    "SamplingConfig", "SpeculationPlan", "SpeculationPolicy", "StepContext", "StepReport", "Target", "drafters",
+    "generate", "generate_pool", "load_model",
 ]

@@ -15,14 +15,18 @@ Lossless rules:
   deterministic child as a point mass (accept with probability r(x), else zero x).
 
 Lossy, opt-in: :func:`typical_accept` (Medusa's typical acceptance).
+
+:func:`accept` picks the rule for a step; :func:`greedy_targets` computes the target's argmax
+only where greedy acceptance can reach.  Trees may differ in shape from row to row.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 
-from .sampling import Randomness
+from .sampling import Randomness, SamplingConfig, processed_probs
 from .tree import DraftTree
 
 
@@ -74,12 +78,17 @@ def deepest_passing_nodes(tree: DraftTree, passes: torch.Tensor) -> list[int]:
     Placeholder nodes never pass; ties between equally deep nodes go to the first drawn.
     """
     b, n = tree.tokens.shape
-    failing = (~(passes & tree.node_valid)).to(torch.float32)  # [B, N]
-    node_ancestry = tree.slot_ancestry[1:, 1:].to(torch.float32)  # [N, N], node-to-node
-    path_passes = (failing @ node_ancestry.T) == 0  # every node on the way passes
-    depth = tree.depth[None, :].expand(b, n)
-    score = torch.where(path_passes, depth, torch.zeros_like(depth))
-    return [-1 if n == 0 or int(score[row].max()) == 0 else int(score[row].argmax()) for row in range(b)]
+    if n == 0:
+        return [-1] * b
+    failing = ~(passes & tree.node_valid)  # [B, N]
+    if tree.is_chain:  # a path passes when every node up to it does
+        path_passes = failing.long().cumsum(dim=1) == 0
+    else:
+        node_ancestry = tree.slot_ancestry[:, 1:, 1:].to(torch.float32)  # [B, N, N], node-to-node
+        path_passes = torch.bmm(node_ancestry, failing.to(torch.float32)[..., None])[..., 0] == 0
+    score = torch.where(path_passes, tree.depth, torch.zeros_like(tree.depth))
+    best, deepest = score.max(dim=1)  # max returns the first index among ties
+    return torch.where(best > 0, deepest, torch.full_like(deepest, -1)).tolist()
 
 
 def greedy_accept(tree: DraftTree, target_tokens: torch.Tensor) -> Acceptance:
@@ -88,12 +97,12 @@ def greedy_accept(tree: DraftTree, target_tokens: torch.Tensor) -> Acceptance:
     ``target_tokens`` [B, 1+N] is the target's argmax at each slot.  Ties between equally deep
     accepted nodes go to the first drawn.  The next token is the argmax after the path.
     """
-    b, n = tree.tokens.shape
-    expected = target_tokens.gather(1, tree.parent_slots[None, :].expand(b, n))
+    b = tree.batch_size
+    expected = target_tokens.gather(1, tree.parent_slots)
     best = deepest_passing_nodes(tree, tree.tokens == expected)
     rows = torch.arange(b, device=target_tokens.device)
     next_tokens = target_tokens[rows, torch.tensor(best, device=target_tokens.device) + 1]
-    return Acceptance([tree.path_to(node) for node in best], next_tokens)
+    return Acceptance(_paths(tree, best), next_tokens)
 
 
 def speculative_sampling(
@@ -157,7 +166,7 @@ def recursive_rejection_sampling(tree: DraftTree, p: torch.Tensor, rng: Randomne
         slot, path = 0, []
         while True:
             r = p[row, slot]
-            kids = [node for node in tree.children[slot] if valid[row][node]]
+            kids = [node for node in tree.children[row][slot] if valid[row][node]]
             chosen = None
             law = q[row, kids[0]].to(p.dtype).clone() if (q is not None and kids) else None
             for node in kids:
@@ -197,9 +206,73 @@ def typical_accept(
     b, n = tree.tokens.shape
     entropy = -(p * torch.log(p.clamp_min(torch.finfo(p.dtype).tiny))).sum(-1)  # [B, 1+N]
     threshold = torch.minimum(torch.full_like(entropy, posterior_threshold), posterior_alpha * torch.exp(-entropy))
-    parent_p = p.gather(1, tree.parent_slots[None, :, None].expand(b, n, p.shape[-1]))
+    parent_p = p.gather(1, tree.parent_slots[..., None].expand(b, n, p.shape[-1]))
     p_node = parent_p.gather(2, tree.tokens[..., None]).squeeze(-1)  # [B, N]
-    typical = p_node > threshold.gather(1, tree.parent_slots[None, :].expand(b, n))
+    typical = p_node > threshold.gather(1, tree.parent_slots)
     best = deepest_passing_nodes(tree, typical)
     next_tokens = [rng.categorical(p[row, node + 1]) for row, node in enumerate(best)]
-    return Acceptance([tree.path_to(node) for node in best], torch.stack(next_tokens))
+    return Acceptance(_paths(tree, best), torch.stack(next_tokens))
+
+
+def _paths(tree: DraftTree, deepest: list[int]) -> list[list[int]]:
+    """Each row's path from depth 1 down to its node ``deepest[row]`` (-1: the empty path)."""
+    if tree.is_chain:
+        return [list(range(node + 1)) for node in deepest]
+    return [tree.path_to(node, row) for row, node in enumerate(deepest)]
+
+
+class Verification(Protocol):
+    """What the rules need of a verification: the target's logits at chosen slots."""
+
+    def logits_at(self, slots: torch.Tensor) -> torch.Tensor:
+        """Logits [B, S, V] at the slots ``slots`` [S] (slot 0 is the root, slot i + 1 node i)."""
+
+    @property
+    def logits(self) -> torch.Tensor:
+        """[B, 1+N, V] logits at every slot."""
+
+
+def accept(tree: DraftTree, verification: Verification, sampling: SamplingConfig,
+           rng: Randomness, typical: tuple[float, float] | None = None) -> Acceptance:
+    """The lossless rule for this tree: greedy match, or speculative / recursive rejection sampling.
+
+    ``typical`` = (epsilon, delta) switches sampling to Medusa's typical acceptance, which is
+    LOSSY (opt-in only); greedy decoding ignores it.
+    """
+    if not sampling.do_sample:
+        return greedy_accept(tree, greedy_targets(tree, verification))
+    p = processed_probs(verification.logits, sampling)
+    if typical is not None:
+        return typical_accept(tree, p, rng, *typical)
+    if tree.is_chain:
+        return speculative_sampling(tree.tokens, tree.draft_probs, p, rng, tree.valid)
+    return recursive_rejection_sampling(tree, p, rng)
+
+
+@torch.no_grad()
+def greedy_targets(tree: DraftTree, verification: Verification) -> torch.Tensor:
+    """The target's argmax [B, 1+N] at every slot greedy acceptance can reach, -1 elsewhere.
+
+    Walks the tree depth by depth and computes logits only for the root and for nodes whose
+    whole path so far matches in some row, so a rejected draft costs no output-head work.
+    """
+    b, n = tree.tokens.shape
+    device = tree.tokens.device
+    targets = torch.full((b, n + 1), -1, dtype=torch.long, device=device)
+    targets[:, 0] = verification.logits_at(torch.zeros(1, dtype=torch.long, device=device))[:, 0].argmax(-1)
+    if n == 0:
+        return targets
+    slots = tree.parent_slots
+    valid = tree.node_valid
+    reached = torch.zeros(b, n, dtype=torch.bool, device=device)
+    always = torch.ones(b, 1, dtype=torch.bool, device=device)
+    for depth in range(1, tree.max_depth + 1):
+        expected = targets.gather(1, slots)
+        parent_ok = torch.cat([always, reached], 1).gather(1, slots)
+        hit = (tree.depth == depth) & parent_ok & valid & (tree.tokens == expected)
+        reached |= hit
+        need = hit.any(dim=0).nonzero().squeeze(-1)
+        if need.numel() == 0:
+            break
+        targets[:, need + 1] = verification.logits_at(need + 1).argmax(-1)
+    return targets

@@ -4,21 +4,29 @@ Knows nothing about tokenization: token ids in, token ids out.  ``generate`` ret
 sequences shaped and padded exactly like ``model.generate`` for the same input, and with
 ``do_sample=False`` the very same tokens; with sampling, tokens distributed exactly as the
 target's own sampler's.
+
+A :class:`Decoding` is one job: its settings, every sequence's tokens so far, and the step.
+A *scheduler* (:mod:`specdec.schedule`) decides which rows step together: fixed batches
+(EQSPEC; ``generate`` is one such batch) or an equal-length pool (EXSPEC).  :func:`decode` is
+the loop both run.
 """
 from __future__ import annotations
 
+import copy
 import time
 from dataclasses import dataclass
 
 import torch
 
-from .acceptance import (Acceptance, greedy_accept, recursive_rejection_sampling, speculative_sampling,
-                         typical_accept)
-from .drafters.base import DraftRequest, Drafter
-from .sampling import Randomness, SamplingConfig, processed_probs, seeded_randomness
-from .speculation import as_policy
+from .acceptance import Acceptance, accept
+from .config import DecodeConfig, resolve
+from .drafters.base import CommitUpdate, DraftRequest, Drafter
+from .inputs import assemble, check_inputs, eos_ids, pad_id, truncate
+from .sampling import Randomness, seeded_randomness
+from .speculation import SpeculationPlan, StepContext, StepReport, as_policy
 from .stats import DecodeStats
-from .target import Target, Verification
+from .streaming import BatchStream
+from .target import Target
 from .tree import DraftTree
 
 
@@ -26,52 +34,6 @@ from .tree import DraftTree
 class GenerateOutput:
     sequences: torch.Tensor  # [B, T + generated], like model.generate
     stats: DecodeStats
-
-
-def accept(tree: DraftTree, verification: Verification, sampling: SamplingConfig,
-           rng: Randomness, typical: tuple[float, float] | None = None) -> Acceptance:
-    """The lossless rule for this tree: greedy match, or speculative / recursive rejection sampling.
-
-    ``typical`` = (epsilon, delta) switches sampling to Medusa's typical acceptance, which is
-    LOSSY (opt-in only); greedy decoding ignores it.
-    """
-    if not sampling.do_sample:
-        return greedy_accept(tree, greedy_targets(tree, verification))
-    p = processed_probs(verification.logits, sampling)
-    if typical is not None:
-        return typical_accept(tree, p, rng, *typical)
-    if tree.is_chain:
-        return speculative_sampling(tree.tokens, tree.draft_probs, p, rng, tree.valid)
-    return recursive_rejection_sampling(tree, p, rng)
-
-
-@torch.no_grad()
-def greedy_targets(tree: DraftTree, verification: Verification) -> torch.Tensor:
-    """The target's argmax [B, 1+N] at every slot greedy acceptance can reach, -1 elsewhere.
-
-    Walks the tree depth by depth and computes logits only for the root and for nodes whose
-    whole path so far matches, so a rejected draft costs no output-head work.
-    """
-    b, n = tree.tokens.shape
-    targets = torch.full((b, n + 1), -1, dtype=torch.long, device=tree.tokens.device)
-    targets[:, 0] = verification.logits_at(torch.tensor([0], device=targets.device))[:, 0].argmax(-1)
-    if n == 0:
-        return targets
-    slots = tree.parent_slots
-    valid = tree.node_valid
-    reached = torch.zeros(b, n, dtype=torch.bool, device=targets.device)
-    for depth in range(1, int(tree.depth.max()) + 1):
-        at_depth = tree.depth == depth
-        expected = targets.gather(1, slots[None].expand(b, n))
-        parent_ok = torch.cat([torch.ones(b, 1, dtype=torch.bool, device=targets.device), reached], 1)
-        parent_ok = parent_ok.gather(1, slots[None].expand(b, n))
-        hit = at_depth[None] & parent_ok & valid & (tree.tokens == expected)
-        reached |= hit
-        need = hit.any(dim=0).nonzero().squeeze(-1)
-        if need.numel() == 0:
-            break
-        targets[:, need + 1] = verification.logits_at(need + 1).argmax(-1)
-    return targets
 
 
 @dataclass
@@ -82,7 +44,6 @@ class Cohort:
     target: Target  # the model and these rows' key/value cache
     drafter: Drafter | None  # the drafter's state for these rows
     roots: torch.Tensor  # [B] last committed token per row (not cached yet)
-    hidden: torch.Tensor | None = None  # [B, H] target hidden state before each root (head drafters)
 
     @property
     def size(self) -> int:
@@ -90,128 +51,201 @@ class Cohort:
 
     def take_rows(self, rows: list[int]) -> "Cohort":
         """A cohort of copies of rows ``rows``; may be taken between a step and its commit."""
+        if rows == list(range(self.size)):
+            return self
         index = torch.tensor(rows, dtype=torch.long, device=self.roots.device)
         return Cohort([self.ids[r] for r in rows], self.target.take_rows(index),
-                      self.drafter.take_rows(index) if self.drafter is not None else None,
-                      self.roots[index], self.hidden[index] if self.hidden is not None else None)
+                      self.drafter.take_rows(index) if self.drafter is not None else None, self.roots[index])
 
     def join(self, others: list["Cohort"]) -> "Cohort":
         """One cohort of the rows of ``[self, *others]`` (left-padded when their lengths differ)."""
         if not others:
             return self
         parts = [self] + others
-        # rows just admitted have no hidden state yet; head drafters then get None for the batch
-        hidden = torch.cat([c.hidden for c in parts]) if all(c.hidden is not None for c in parts) else None
         return Cohort([i for c in parts for i in c.ids], self.target.join([c.target for c in others]),
                       self.drafter.join([c.drafter for c in others]) if self.drafter is not None else None,
-                      torch.cat([c.roots for c in parts]), hidden)
+                      torch.cat([c.roots for c in parts]))
 
 
 @dataclass
-class StepResult:
-    acceptance: Acceptance
+class Step:
+    """What one step proposed, saw and accepted for every row of a cohort, before the commit."""
+
     tree: DraftTree
-    still: list[int]  # rows of the cohort that go on decoding
-    drafted: bool  # whether the drafter proposed (and so must hear the commit)
+    proposed: bool  # whether the drafter proposed (else the tree is empty)
+    depth: list[int]  # depth each row was allowed
+    acceptance: Acceptance
+    hidden: torch.Tensor  # [B, 1+N, H] the target's final hidden state at every slot
+    roots: torch.Tensor  # [B] the roots the tree hung below
+    draft_seconds: float
+    verify_seconds: float
+
+    def take_rows(self, rows: list[int]) -> "Step":
+        index = torch.tensor(rows, dtype=torch.long, device=self.roots.device)
+        return Step(self.tree.take_rows(index), self.proposed, [self.depth[r] for r in rows],
+                    self.acceptance.take_rows(rows), self.hidden[index], self.roots[index],
+                    self.draft_seconds, self.verify_seconds)
+
+    def update(self) -> CommitUpdate:
+        """The drafter's view: tokens the target cached (old root, accepted nodes) and their states."""
+        paths = self.acceptance.paths
+        b = len(paths)
+        width = 1 + max(len(p) for p in paths)
+        slots = torch.zeros(b, width, dtype=torch.long)
+        real = torch.zeros(b, width, dtype=torch.bool)
+        for row, path in enumerate(paths):
+            slots[row, width - 1 - len(path):] = torch.tensor([0] + [node + 1 for node in path])
+            real[row, width - 1 - len(path):] = True
+        device = self.roots.device
+        slots, real = slots.to(device), real.to(device)
+        tokens = torch.cat([self.roots[:, None], self.tree.tokens], dim=1).gather(1, slots)
+        hidden = self.hidden.gather(1, slots[..., None].expand(-1, -1, self.hidden.shape[-1]))
+        return CommitUpdate(self.tree, self.proposed, paths, tokens, real, hidden, self.acceptance.next_tokens)
 
 
 class Decoding:
-    """One decoding job: its settings, every sequence's tokens so far, and the step.
+    """One decoding job: its settings, every sequence's tokens so far, and the step."""
 
-    ``generate`` runs one cohort to the end; ``generate_pool`` runs many, choosing which rows
-    step together.  Both go through :meth:`step` and :meth:`commit`, the one decode loop.
-    """
-
-    def __init__(self, model, drafter, sampling, eos, rng, policy, max_new_tokens, typical=None):
+    def __init__(self, model, drafter: Drafter | None, config: DecodeConfig, rng: Randomness):
         self.model = model
-        self.typical = typical
         self.drafter = drafter
-        self.sampling = sampling
-        self.eos = eos
+        self.config = config
+        self.sampling = config.sampling
+        self.typical = config.typical_acceptance if config.do_sample else None
+        self.eos = eos_ids(model, config.eos_token_id)
+        self.pad = pad_id(model, config.pad_token_id, self.eos)
         self.rng = rng
-        self.policy = policy
-        self.max_new_tokens = max_new_tokens
+        self.policy = as_policy(config.speculation, drafter.num_tokens if drafter is not None else 0)
         self.stats = DecodeStats()
         self.committed: dict[int, list[int]] = {}
         self.generated: dict[int, list[int]] = {}
-        self.want_hidden = drafter is not None and drafter.needs_hidden_states
+        self.stream: BatchStream | None = None
+        self.realigned = False  # whether this step's rows were realigned (set by schedulers and commits)
 
-    def admit(self, ids: list[int], input_ids: torch.Tensor, attention_mask: torch.Tensor, drafter) -> Cohort:
+    def note_realignment(self, seconds: float) -> None:
+        """Rows of this step were realigned (padding moved or added), which took ``seconds``."""
+        self.realigned = True
+        self.stats.realign_seconds += seconds
+
+    def admit(self, ids: list[int], input_ids: torch.Tensor, attention_mask: torch.Tensor) -> Cohort:
         """Prefill the prompts of sequences ``ids`` (a left-padded batch) into a new cohort."""
         started = time.perf_counter()
         target = Target(self.model)
-        roots = target.prefill(input_ids, attention_mask)
+        roots, hidden = target.prefill(input_ids, attention_mask)
         self.stats.target_forwards += int(input_ids.shape[1] > 1)
+        drafter = copy.copy(self.drafter) if self.drafter is not None else None  # the model is shared
         if drafter is not None:
-            drafter.start(self.model, input_ids, attention_mask)
+            drafter.start(self.model, input_ids, attention_mask, hidden)
         for i, row, m in zip(ids, input_ids, attention_mask):
             self.committed[i] = row[m.bool()].tolist()
             self.generated[i] = []
         self.stats.prefill_seconds += time.perf_counter() - started
-        return Cohort(list(ids), target, drafter, roots, target.prefill_hidden if self.want_hidden else None)
+        return Cohort(list(ids), target, drafter, roots)
 
     def length(self, sequence: int) -> int:
         """Committed tokens of a sequence (prompt and generated)."""
         return len(self.committed[sequence])
 
-    def step(self, cohort: Cohort) -> StepResult:
-        """Propose, verify and accept for every row of ``cohort``; the caller commits."""
-        stats, device = self.stats, cohort.roots.device
-        remaining = [self.max_new_tokens - len(self.generated[i]) for i in cohort.ids]
-        k = min(self.policy.next_length(), min(remaining) - 1) if cohort.drafter is not None else 0
-        # 1. propose
+    def step(self, cohort: Cohort) -> Step:
+        """1. propose, 2. verify and 3. accept, for every row of ``cohort``; :meth:`commit` follows."""
         t0 = time.perf_counter()
-        if k > 0:
-            sequences, mask = left_padded([self.committed[i] for i in cohort.ids], device)
-            tree = cohort.drafter.propose(DraftRequest(sequences, mask, k, self.sampling, self.rng, cohort.hidden))
-            _check_tree(tree, k, cohort.size)
+        depth, nodes = self._plan(cohort)
+        # 1. propose
+        proposed = any(depth)
+        if proposed:
+            lengths = torch.tensor([self.length(i) for i in cohort.ids], device=cohort.roots.device)
+            request = DraftRequest(cohort.roots, lengths, depth, self.sampling, self.rng, nodes)
+            tree = cohort.drafter.propose(request)
+            _check_tree(tree, request)
+            tree = tree.limited(depth, nodes)
         else:
-            tree = DraftTree.empty(cohort.size, device)
+            tree = DraftTree.empty(cohort.size, cohort.roots.device)
         t1 = time.perf_counter()
         # 2. verify
         verification = cohort.target.verify(cohort.roots, tree)
-        stats.target_forwards += 1
+        self.stats.target_forwards += 1
         t2 = time.perf_counter()
         # 3. accept
         acceptance = accept(tree, verification, self.sampling, self.rng, self.typical)
-        still = []
-        proposed = int(tree.depth.max()) if tree.num_nodes else 0
-        for r, sequence in enumerate(cohort.ids):
-            path = acceptance.paths[r]
-            new = _truncate(tree.tokens[r, path].tolist() + [int(acceptance.next_tokens[r])], remaining[r], self.eos)
-            self.generated[sequence].extend(new)
-            self.committed[sequence].extend(new)
-            stats.depth_accepted[proposed, len(path)] += 1
-            if len(self.generated[sequence]) < self.max_new_tokens and new[-1] not in self.eos:
-                still.append(r)
-        if self.want_hidden:
-            slots = torch.tensor([(p[-1] + 1) if p else 0 for p in acceptance.paths], device=device)
-            cohort.hidden = verification.hidden[torch.arange(cohort.size, device=device), slots]
-        cohort.roots = acceptance.next_tokens
-        # 4. adapt
-        if k > 0:
-            self.policy.observe(tree.num_nodes, sum(acceptance.num_accepted) / cohort.size, time.perf_counter() - t0)
-        stats.steps += 1
-        stats.row_steps += cohort.size
-        stats.drafted_tokens += tree.num_nodes
-        stats.draft_seconds += t1 - t0
-        stats.verify_seconds += t2 - t1
-        stats.other_seconds += time.perf_counter() - t2
-        return StepResult(acceptance, tree, still, k > 0)
+        self.stats.other_seconds += time.perf_counter() - t2
+        return Step(tree, proposed, depth, acceptance, verification.hidden, cohort.roots, t1 - t0, t2 - t1)
 
-    def commit(self, cohort: Cohort, acceptance: Acceptance, tree: DraftTree, drafted: bool) -> tuple[bool, float]:
-        """Keep every row's accepted path in the target's and drafter's caches.
+    def _plan(self, cohort: Cohort) -> tuple[list[int], list[int | None] | None]:
+        """Each row's depth (the policy's, within the row's budget and the drafter's reach) and node budget."""
+        if cohort.drafter is None:
+            return [0] * cohort.size, None
+        remaining = [self.config.max_new_tokens - len(self.generated[i]) for i in cohort.ids]
+        drafter = cohort.drafter
+        context = StepContext(list(cohort.ids), [self.length(i) for i in cohort.ids], remaining,
+                              drafter.max_depth, drafter.num_tokens, getattr(drafter, "num_nodes", None))
+        plan = self.policy.plan(context)
+        if not isinstance(plan, SpeculationPlan) or len(plan.depth) != cohort.size:
+            raise TypeError(f"{type(self.policy).__name__}.plan() must return a SpeculationPlan with one depth "
+                            f"per row ({cohort.size}), got {plan!r}")
+        reach = drafter.max_depth if drafter.max_depth is not None else max(plan.depth, default=0)
+        return [max(0, min(d, r - 1, reach)) for d, r in zip(plan.depth, remaining)], plan.max_nodes
 
-        Returns whether rows had to be realigned (they kept different numbers of entries) and
-        the seconds the commit took.
+    def commit(self, cohort: Cohort, step: Step, regroup=None) -> list[Cohort]:
+        """4. commit the token lists, then the caches, and 5. adapt the policy.
+
+        Finished rows leave.  ``regroup(rows)`` may split the rows that go on into groups
+        (EXSPEC: by their new lengths), each committed as its own cohort; returns the cohorts.
         """
         started = time.perf_counter()
-        ragged = cohort.target.commit(acceptance.paths, tree.num_nodes)
-        if drafted:
-            cohort.drafter.commit(acceptance, tree)
-        seconds = time.perf_counter() - started
-        self.stats.other_seconds += seconds
-        return ragged, seconds
+        stats = self.stats
+        paths, next_tokens = step.acceptance.paths, step.acceptance.next_tokens.tolist()
+        tokens = step.tree.tokens.tolist() if any(paths) else None
+        proposed_depth = self._proposed_depth(step.tree)
+        still = []
+        for r, sequence in enumerate(cohort.ids):
+            path = paths[r]
+            remaining = self.config.max_new_tokens - len(self.generated[sequence])
+            new = truncate([tokens[r][n] for n in path] + [next_tokens[r]], remaining, self.eos)
+            self.generated[sequence].extend(new)
+            self.committed[sequence].extend(new)
+            finished = len(self.generated[sequence]) >= self.config.max_new_tokens or new[-1] in self.eos
+            if self.stream is not None:
+                self.stream.put(sequence, new, finished)
+            if not finished:
+                still.append(r)
+            stats.depth_accepted[proposed_depth[r], len(path)] += 1
+        if self.stream is not None:
+            self.stream.flush()
+        stats.steps += 1
+        stats.row_steps += cohort.size
+        stats.drafted_tokens += sum(step.tree.valid_counts)
+        stats.depth_chosen.append(list(step.depth))
+        stats.draft_seconds += step.draft_seconds
+        stats.verify_seconds += step.verify_seconds
+        # 5. adapt
+        self.policy.observe(StepReport(list(cohort.ids), list(step.depth), list(step.tree.valid_counts),
+                                       [len(p) for p in paths], step.draft_seconds, step.verify_seconds))
+        groups = regroup(self, cohort, still) if regroup is not None else ([still] if still else [])
+        parts = []
+        for rows in groups:
+            t0 = time.perf_counter()
+            part = cohort.take_rows(rows)
+            part_step = step if part is cohort else step.take_rows(rows)
+            if len(groups) > 1:
+                stats.regroup_seconds += time.perf_counter() - t0
+            t0 = time.perf_counter()
+            if part.target.commit(part_step.acceptance.paths, part_step.tree.num_nodes):
+                self.note_realignment(time.perf_counter() - t0)
+            if part.drafter is not None:
+                part.drafter.commit(part_step.update())
+            part.roots = part_step.acceptance.next_tokens
+            parts.append(part)
+        stats.realignments += int(self.realigned)
+        self.realigned = False
+        stats.other_seconds += time.perf_counter() - started
+        return parts
+
+    @staticmethod
+    def _proposed_depth(tree: DraftTree) -> list[int]:
+        """Per row, the depth of its deepest real node (0 when it drafted nothing)."""
+        if not tree.num_nodes:
+            return [0] * tree.batch_size
+        return (tree.depth * tree.node_valid).max(dim=1).values.tolist()
 
     def finish(self, started: float) -> None:
         stats = self.stats
@@ -221,177 +255,74 @@ class Decoding:
         stats.tokens_generated = sum(stats.row_tokens)
 
 
+def decode(job: Decoding, scheduler) -> None:
+    """The one decode loop: the scheduler picks the rows, the job steps and commits them."""
+    while (cohort := scheduler.next_cohort(job)) is not None:
+        step = job.step(cohort)  # 1. propose, 2. verify, 3. accept
+        for part in job.commit(cohort, step, scheduler.regroup):  # 4. commit, 5. adapt
+            scheduler.put_back(job, part)
+
+
+def new_job(model, drafter, config: DecodeConfig, randomness: Randomness | None, device) -> Decoding:
+    """A :class:`Decoding` with the random source ``randomness`` (default: seeded by ``config.seed``)."""
+    rng = randomness if randomness is not None else seeded_randomness(config.seed, device)
+    return Decoding(model, drafter, config, rng)
+
+
 def generate(
     target,
     input_ids: torch.Tensor,
     drafter: Drafter | None = None,
     attention_mask: torch.Tensor | None = None,
-    max_new_tokens: int = 64,
-    do_sample: bool = False,
-    temperature: float = 1.0,
-    top_k: int = 0,
-    top_p: float = 1.0,
-    eos_token_id: int | list[int] | None = None,
-    pad_token_id: int | None = None,
-    seed: int | None = None,
-    speculation=None,
+    *,
+    config: DecodeConfig | None = None,
+    streamer=None,
     randomness: Randomness | None = None,
-    typical_acceptance: tuple[float, float] | None = None,
+    **settings,
 ) -> GenerateOutput:
     """Decode ``max_new_tokens`` tokens at most from ``target`` with speculative decoding.
 
     ``target`` is a Hugging Face causal LM; ``drafter=None`` decodes plainly through the same
-    loop.  ``speculation`` is the length policy: None (the drafter's ``num_tokens``), an int,
-    or a policy object such as SmartSpec.  ``randomness`` replaces the seeded random source
-    (every coin and draw goes through it; tests pass one that enumerates outcomes exactly).
+    loop.  Decoding settings come from ``config`` (a :class:`~specdec.config.DecodeConfig`) and
+    keyword arguments naming its fields (``max_new_tokens``, ``do_sample``, ``temperature``,
+    ``top_k``, ``top_p``, ``eos_token_id``, ``pad_token_id``, ``seed``, ``speculation``,
+    ``typical_acceptance``), which win.  ``speculation`` is the length policy: None (the
+    drafter's ``num_tokens``), an int, or a :class:`~specdec.speculation.SpeculationPolicy`.
     ``typical_acceptance=(epsilon, delta)`` replaces lossless sampling by Medusa's typical
     acceptance: LOSSY, the output is no longer distributed as the target's.
+
+    ``streamer`` (Hugging Face's ``put``/``end`` protocol) receives the tokens as each step
+    commits them.  ``randomness`` replaces the seeded random source (every coin and draw goes
+    through it; tests pass one that enumerates outcomes exactly).
 
     A batch is decoded together (EQSPEC): after each step rows that accepted different
     numbers of tokens are realigned, and finished rows leave the batch.
     """
+    from .schedule import FixedBatches
+
     model = target.model if isinstance(target, Target) else target
-    _check_inputs(model, input_ids, attention_mask, max_new_tokens, drafter)
+    settings = resolve(config, settings)
+    check_inputs(model, input_ids, attention_mask, settings.max_new_tokens, drafter)
     if attention_mask is None:
         attention_mask = torch.ones_like(input_ids)
-    job = decoding(model, drafter, max_new_tokens, do_sample, temperature, top_k, top_p, eos_token_id, seed,
-                   speculation, randomness, input_ids.device, typical_acceptance)
+    job = new_job(model, drafter, settings, randomness, input_ids.device)
     started = time.perf_counter()
-    cohort = job.admit(list(range(input_ids.shape[0])), input_ids, attention_mask, drafter)
-    run_to_end(job, cohort)
+    with torch.no_grad():
+        if streamer is not None:
+            job.stream = BatchStream(streamer, input_ids, job.pad)
+        rows = list(range(input_ids.shape[0]))
+        decode(job, FixedBatches([(rows, input_ids, attention_mask)]))
+        if job.stream is not None:
+            job.stream.end()
     job.finish(started)
-    generated = [job.generated[i] for i in range(input_ids.shape[0])]
-    pad = _pad_id(model, pad_token_id, job.eos, generated)
-    return GenerateOutput(_assemble(input_ids, generated, pad), job.stats)
+    generated = [job.generated[i] for i in rows]
+    return GenerateOutput(assemble(input_ids, generated, job.pad), job.stats)
 
 
-def decoding(model, drafter, max_new_tokens, do_sample, temperature, top_k, top_p, eos_token_id, seed,
-             speculation, randomness, device, typical_acceptance=None) -> Decoding:
-    """A :class:`Decoding` from ``generate``'s keyword arguments."""
-    sampling = SamplingConfig(do_sample, temperature, top_k, top_p)
-    rng = randomness if randomness is not None else seeded_randomness(seed, device)
-    policy = as_policy(speculation, drafter.num_tokens if drafter is not None else 0)
-    typical = _typical(typical_acceptance)
-    return Decoding(model, drafter, sampling, _eos_ids(model, eos_token_id), rng, policy, max_new_tokens, typical)
-
-
-def _typical(value) -> tuple[float, float] | None:
-    if value is None:
-        return None
-    try:
-        epsilon, delta = (float(v) for v in value)
-    except (TypeError, ValueError):
-        raise ValueError(f"typical_acceptance must be None or (epsilon, delta), got {value!r}") from None
-    if not (0 <= epsilon <= 1 and delta >= 0):
-        raise ValueError(f"typical_acceptance needs 0 <= epsilon <= 1 and delta >= 0, got {value!r}")
-    return epsilon, delta
-
-
-def run_to_end(job: Decoding, cohort: Cohort) -> None:
-    """Step one cohort until every row is finished, realigning ragged rows after each step (EQSPEC)."""
-    while True:
-        result = job.step(cohort)
-        ragged, seconds = job.commit(cohort, result.acceptance, result.tree, result.drafted)
-        if ragged:
-            job.stats.realignments += 1
-            job.stats.realign_seconds += seconds
-        if not result.still:
-            return
-        if len(result.still) < cohort.size:
-            cohort = cohort.take_rows(result.still)
-
-
-def left_padded(rows: list[list[int]], device) -> tuple[torch.Tensor, torch.Tensor]:
-    """A left-padded [B, T] tensor of token lists and its attention mask."""
-    width = max(len(r) for r in rows)
-    ids = torch.zeros(len(rows), width, dtype=torch.long)
-    mask = torch.zeros(len(rows), width, dtype=torch.long)
-    for i, r in enumerate(rows):
-        if r:
-            ids[i, width - len(r):] = torch.tensor(r)
-            mask[i, width - len(r):] = 1
-    return ids.to(device), mask.to(device)
-
-
-def _assemble(input_ids: torch.Tensor, generated: list[list[int]], pad: int | None) -> torch.Tensor:
-    """Prompt plus generated tokens, rows padded after their end, as ``model.generate`` returns."""
-    width = max(len(g) for g in generated)
-    tail = torch.full((len(generated), width), pad if pad is not None else 0, dtype=input_ids.dtype)
-    for i, g in enumerate(generated):
-        tail[i, :len(g)] = torch.tensor(g, dtype=input_ids.dtype)
-    return torch.cat([input_ids, tail.to(input_ids.device)], dim=1)
-
-
-def _pad_id(model, pad_token_id, eos: set[int], generated: list[list[int]]) -> int | None:
-    if pad_token_id is not None:
-        return pad_token_id
-    config_pad = getattr(getattr(model, "generation_config", None), "pad_token_id", None)
-    if config_pad is not None:
-        return config_pad
-    if eos:
-        return min(eos)  # as transformers does: pad with EOS when no pad token is set
-    if len({len(g) for g in generated}) > 1:
-        raise ValueError("rows ended at different lengths but no pad_token_id is known; pass pad_token_id")
-    return None
-
-
-def _truncate(tokens: list[int], remaining: int, eos: set[int]) -> list[int]:
-    """Cut a step's tokens at the budget and just after the first end-of-sequence token."""
-    tokens = tokens[:remaining]
-    for i, token in enumerate(tokens):
-        if token in eos:
-            return tokens[: i + 1]
-    return tokens
-
-
-def _eos_ids(model, eos_token_id) -> set[int]:
-    if eos_token_id is None:
-        config = getattr(model, "generation_config", None)
-        eos_token_id = getattr(config, "eos_token_id", None)
-    if eos_token_id is None:
-        return set()
-    if isinstance(eos_token_id, int):
-        return {eos_token_id}
-    return {int(t) for t in eos_token_id}
-
-
-def _check_inputs(model, input_ids, attention_mask, max_new_tokens, drafter) -> None:
-    if not isinstance(input_ids, torch.Tensor) or input_ids.dim() != 2:
-        shape = tuple(input_ids.shape) if isinstance(input_ids, torch.Tensor) else type(input_ids).__name__
-        raise ValueError(f"input_ids must be a 2D LongTensor [batch, length], got {shape}")
-    if input_ids.numel() == 0:
-        raise ValueError(f"input_ids is empty (shape {tuple(input_ids.shape)}); give at least one token per row")
-    if input_ids.dtype not in (torch.long, torch.int):
-        raise ValueError(f"input_ids must hold integer token ids, got dtype {input_ids.dtype}")
-    vocab = model.get_output_embeddings().weight.shape[0]
-    if int(input_ids.min()) < 0 or int(input_ids.max()) >= vocab:
-        raise ValueError(f"input_ids holds token ids outside the model's vocabulary [0, {vocab})")
-    if attention_mask is not None:
-        if attention_mask.shape != input_ids.shape:
-            raise ValueError(
-                f"attention_mask shape {tuple(attention_mask.shape)} does not match input_ids {tuple(input_ids.shape)}"
-            )
-        if not bool(attention_mask[:, -1].bool().all()):
-            raise ValueError("attention_mask must be left-padded: the last column must be 1 in every row")
-    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
-        raise ValueError(f"max_new_tokens must be an int >= 1, got {max_new_tokens!r}")
-    limit = getattr(model.config, "max_position_embeddings", None)
-    if limit is not None and input_ids.shape[1] + max_new_tokens > limit:
-        raise ValueError(
-            f"prompt length {input_ids.shape[1]} + max_new_tokens {max_new_tokens} exceeds the model's "
-            f"context of {limit} positions"
-        )
-    if drafter is not None and not isinstance(drafter, Drafter):
-        raise TypeError(
-            f"drafter must be a specdec.drafters.Drafter (e.g. DraftModel, PromptLookup) or None, "
-            f"got {type(drafter).__name__}"
-        )
-
-
-def _check_tree(tree: DraftTree, k: int, batch_size: int) -> None:
+def _check_tree(tree: DraftTree, request: DraftRequest) -> None:
     if not isinstance(tree, DraftTree):
         raise TypeError(f"a drafter's propose() must return a DraftTree, got {type(tree).__name__}")
-    if tree.batch_size != batch_size:
-        raise ValueError(f"draft tree has {tree.batch_size} rows for a batch of {batch_size}")
-    if tree.num_nodes and int(tree.depth.max()) > k:
-        raise ValueError(f"draft tree is {int(tree.depth.max())} deep, more than the {k} tokens asked for")
+    if tree.batch_size != request.batch_size:
+        raise ValueError(f"draft tree has {tree.batch_size} rows for a batch of {request.batch_size}")
+    if tree.max_depth > request.max_depth:
+        raise ValueError(f"draft tree is {tree.max_depth} deep, more than the {request.max_depth} tokens asked for")

@@ -1,36 +1,106 @@
-"""Speculation-length policies: how many tokens to draft at each step.
+"""Speculation-length policies: how deep (and how wide) each row drafts at each step.
 
-A policy answers ``next_length()`` before each step and hears ``observe(...)`` after it.
-An int given to ``generate(speculation=...)`` is a :class:`FixedLength`; adaptive policies
-(SmartSpec's goodput rule) implement the same two methods, and 0 (plain decoding) is a valid
-answer.
+Before a step the engine asks the policy for a :class:`SpeculationPlan` given a
+:class:`StepContext` (batch size, each row's committed length and remaining budget); after
+the step it tells the policy what happened in a :class:`StepReport` (per row: nodes proposed,
+depth proposed, tokens accepted; draft and verify seconds).  A depth of 0 is plain decoding
+for that row; the engine never drafts past a row's budget, whatever the plan says, and rows
+that draft less than the deepest get placeholder nodes, so one row near its budget does not
+turn drafting off for its neighbours.
+
+``generate(speculation=k)`` with an int is :class:`FixedLength`; ``None`` is the drafter's own
+``num_tokens``.  Adaptive policies (SmartSpec's goodput rule) subclass
+:class:`SpeculationPolicy`.
 """
 from __future__ import annotations
 
+import abc
+from dataclasses import dataclass
 
-class FixedLength:
-    """Always draft ``k`` tokens (0 means plain decoding)."""
 
-    def __init__(self, k: int):
+@dataclass(frozen=True)
+class StepContext:
+    """What a policy knows before a step."""
+
+    sequences: list[int]  # sequence id of each row (stable across steps; input order in generate_pool)
+    lengths: list[int]  # committed tokens per row (prompt and generated)
+    remaining: list[int]  # tokens each row may still generate (>= 1)
+    max_depth: int | None  # the deepest tree the drafter can draft (None: any)
+    default_depth: int  # the drafter's own depth (its num_tokens)
+    default_nodes: int | None  # the drafter's own node budget per row (None: not a tree drafter)
+
+    @property
+    def batch_size(self) -> int:
+        return len(self.sequences)
+
+
+@dataclass(frozen=True)
+class SpeculationPlan:
+    """A policy's answer: per row, how deep to draft (0 = not at all) and with how many nodes."""
+
+    depth: list[int]
+    max_nodes: list[int | None] | None = None  # None: the drafter's own budget
+
+    def __post_init__(self):
+        if any(isinstance(d, bool) or not isinstance(d, int) or d < 0 for d in self.depth):
+            raise ValueError(f"speculation depths must be ints >= 0, got {self.depth}")
+        if self.max_nodes is not None:
+            if len(self.max_nodes) != len(self.depth):
+                raise ValueError(f"{len(self.max_nodes)} node budgets for {len(self.depth)} rows")
+            if any(m is not None and (not isinstance(m, int) or m < 0) for m in self.max_nodes):
+                raise ValueError(f"node budgets must be ints >= 0 or None, got {self.max_nodes}")
+
+
+@dataclass(frozen=True)
+class StepReport:
+    """What happened in a step, per row, and where its time went."""
+
+    sequences: list[int]
+    depth: list[int]  # depth the row was allowed to draft (0: it did not draft)
+    proposed: list[int]  # real draft nodes proposed for the row
+    accepted: list[int]  # draft tokens accepted (the correction or bonus token not counted)
+    draft_seconds: float
+    verify_seconds: float
+
+
+class SpeculationPolicy(abc.ABC):
+    """Chooses each row's speculation depth (and node budget) for the next step."""
+
+    @abc.abstractmethod
+    def plan(self, context: StepContext) -> SpeculationPlan:
+        """The depth (and node budget) per row for the next step."""
+
+    def observe(self, report: StepReport) -> None:
+        """Hear what the step did (acceptance, timings); adaptive policies learn from it."""
+
+
+class FixedLength(SpeculationPolicy):
+    """Always draft ``k`` tokens deep (0 means plain decoding), with the drafter's own node budget."""
+
+    def __init__(self, k: int, max_nodes: int | None = None):
         if isinstance(k, bool) or not isinstance(k, int) or k < 0:
             raise ValueError(f"speculation length must be an int >= 0, got {k!r}")
+        if max_nodes is not None and (isinstance(max_nodes, bool) or not isinstance(max_nodes, int) or max_nodes < 1):
+            raise ValueError(f"max_nodes must be an int >= 1 or None, got {max_nodes!r}")
         self.k = k
+        self.max_nodes = max_nodes
 
-    def next_length(self) -> int:
-        return self.k
+    def plan(self, context: StepContext) -> SpeculationPlan:
+        nodes = None if self.max_nodes is None else [self.max_nodes] * context.batch_size
+        return SpeculationPlan([self.k] * context.batch_size, nodes)
 
-    def observe(self, proposed: int, accepted: int, seconds: float) -> None:
-        pass
+    def __repr__(self) -> str:
+        return f"FixedLength({self.k})"
 
 
-def as_policy(speculation, default_k: int):
+def as_policy(speculation, default_k: int) -> SpeculationPolicy:
     """The policy object for ``generate(speculation=...)``: None -> the drafter's own length."""
     if speculation is None:
         return FixedLength(default_k)
     if isinstance(speculation, int) and not isinstance(speculation, bool):
         return FixedLength(speculation)
-    if hasattr(speculation, "next_length") and hasattr(speculation, "observe"):
+    if isinstance(speculation, SpeculationPolicy):
         return speculation
     raise TypeError(
-        f"speculation must be None, an int or a policy with next_length()/observe(), got {type(speculation).__name__}"
+        f"speculation must be None, an int >= 0 or a specdec.SpeculationPolicy, got {type(speculation).__name__}"
     )

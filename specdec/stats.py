@@ -22,6 +22,7 @@ class DecodeStats:
     realignments: int = 0  # steps whose rows had to be realigned (padding shifted or added)
     regroup_seconds: float = 0.0  # part of other_seconds: copying rows between groups (generate_pool)
     row_tokens: list = field(default_factory=list)  # tokens generated per batch row
+    depth_chosen: list = field(default_factory=list)  # per step, the draft depth allowed to each row
 
     @property
     def accepted_histogram(self) -> Counter:
@@ -69,6 +70,7 @@ class DecodeStats:
             "regroup_seconds": self.regroup_seconds,
             "aligned_fraction": self.aligned_fraction,
             "row_tokens": list(self.row_tokens),
+            "depth_chosen": [list(d) for d in self.depth_chosen],
             "tokens_per_second": self.tokens_per_second,
         }
 

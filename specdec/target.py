@@ -1,9 +1,13 @@
 """The target model: prefill, verify a draft tree in one forward, commit the accepted path.
 
-Wraps any Hugging Face causal LM that takes a 4D additive attention mask and explicit
-``position_ids`` (Llama and its kin in transformers 5).  The key/value cache holds every
+Wraps any Hugging Face causal LM that takes explicit ``position_ids`` and a 4D additive
+attention mask (Llama and its kin in transformers 5).  The key/value cache holds every
 committed token except the last one, the *root*; each verification feeds ``[root, *nodes]``
 so that plain decoding is a verification of the empty tree.
+
+Chains (plain decoding included) need no tree mask: the model's own causal mask is exactly
+the chain's, so they pass a 2D padding mask (or none at all when no row is padded), and the
+attention kernels take their fast causal path.  Only real trees pass a 4D mask.
 
 The cache is a :class:`~specdec.kv.RaggedCache`: per row it knows which entries are real
 and so each row's length (the root's position), and it realigns rows that accepted
@@ -14,6 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+
 from .kv import RaggedCache
 from .tree import DraftTree
 
@@ -41,7 +46,10 @@ class Verification:
     @property
     def logits(self) -> torch.Tensor:
         """[B, 1+N, V] logits at every slot."""
-        return self.logits_at(torch.arange(self.hidden.shape[1], device=self.hidden.device))
+        logits = self.head(self.hidden)
+        if self.softcap:
+            logits = torch.tanh(logits / self.softcap) * self.softcap
+        return logits
 
 
 class Target:
@@ -51,17 +59,19 @@ class Target:
         if not hasattr(model, "config") or not hasattr(model.config, "vocab_size"):
             raise TypeError(f"target must be a Hugging Face causal LM, got {type(model).__name__}")
         self.model = model
+        self.decoder = model.get_decoder()
+        self.head = model.get_output_embeddings()
+        self.softcap = getattr(model.config, "final_logit_softcapping", None)
         self.cache: RaggedCache | None = None
-        self.prefill_hidden: torch.Tensor | None = None  # [B, H] after prefill (None for 1-token prompts)
         self.forwards = 0
 
     @property
     def device(self) -> torch.device:
-        return next(self.model.parameters()).device
+        return self.head.weight.device
 
     @property
     def dtype(self) -> torch.dtype:
-        return next(self.model.parameters()).dtype
+        return self.head.weight.dtype
 
     @property
     def lengths(self) -> torch.Tensor:
@@ -69,43 +79,51 @@ class Target:
         return self.cache.lengths
 
     @torch.no_grad()
-    def prefill(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """Cache every prompt token but the last, which becomes the root; returns the roots [B].
+    def prefill(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Cache every prompt token but the last, which becomes the root.
 
-        ``attention_mask`` [B, T] marks real tokens (left padding is 0); the last column must be
-        real in every row.
+        Returns the roots [B] and the final hidden states [B, T-1, H] over the cached prompt
+        tokens (left-padded like ``input_ids``; garbage at padding).  ``attention_mask`` [B, T]
+        marks real tokens (left padding is 0); the last column must be real in every row.
         """
         self.cache = RaggedCache(self.model.config, input_ids.shape[0], input_ids.device)
-        self.prefill_hidden = None
         context_mask = attention_mask[:, :-1].bool()
+        hidden = torch.zeros(input_ids.shape[0], 0, self.model.config.hidden_size, dtype=self.dtype,
+                             device=input_ids.device)
         if input_ids.shape[1] > 1:
             positions = (context_mask.long().cumsum(dim=1) - 1).clamp_min(0)
-            out = self.model.get_decoder()(
+            out = self.decoder(
                 input_ids=input_ids[:, :-1],
-                attention_mask=context_mask.long(),
+                attention_mask=context_mask.long() if not bool(context_mask.all()) else None,
                 position_ids=positions,
                 past_key_values=self.cache.kv,
                 use_cache=True,
             )
-            self.prefill_hidden = out.last_hidden_state[:, -1]  # before each root: what head drafters read
+            hidden = out.last_hidden_state
             self.forwards += 1
         self.cache.appended(context_mask)
-        return input_ids[:, -1]
+        return input_ids[:, -1], hidden
 
     @torch.no_grad()
     def verify(self, roots: torch.Tensor, tree: DraftTree) -> Verification:
         """One backbone forward over ``[root, *nodes]`` with tree attention; the cache grows by 1+N."""
-        out = self.model.get_decoder()(
+        b, n1 = roots.shape[0], tree.num_nodes + 1
+        if tree.is_chain:
+            mask = None
+            if self.cache.padded:
+                mask = torch.cat([self.cache.mask, self.cache.mask.new_ones(b, n1)], dim=1).long()
+        else:
+            mask = tree.attention_mask(self.cache.mask, self.dtype)
+        out = self.decoder(
             input_ids=tree.verify_inputs(roots),
-            attention_mask=tree.attention_mask(self.cache.mask, self.dtype),
+            attention_mask=mask,
             position_ids=tree.position_ids(self.cache.lengths),
             past_key_values=self.cache.kv,
             use_cache=True,
         )
         self.forwards += 1
-        self.cache.appended(torch.ones(roots.shape[0], 1 + tree.num_nodes, dtype=torch.bool))
-        softcap = getattr(self.model.config, "final_logit_softcapping", None)
-        return Verification(out.last_hidden_state, self.model.get_output_embeddings(), softcap)
+        self.cache.appended(torch.ones(b, n1, dtype=torch.bool))
+        return Verification(out.last_hidden_state, self.head, self.softcap)
 
     def commit(self, paths: list[list[int]], num_nodes: int) -> bool:
         """Keep each row's root and accepted nodes from the last verification; drop the rest.
@@ -114,12 +132,15 @@ class Target:
         right, padding grows on the left; returns whether that happened.  The token drawn after
         each path becomes that row's next root and is not cached.
         """
+        if num_nodes == 0:
+            return False
         width = self.cache.width
         keep = self.cache.mask.clone()
         keep[:, width - num_nodes:] = False  # the nodes, unless accepted
-        for row, path in enumerate(paths):
-            if path:
-                keep[row, torch.tensor(path, device=keep.device) + width - num_nodes] = True
+        rows = [row for row, path in enumerate(paths) for _ in path]
+        if rows:
+            cols = [node + width - num_nodes for path in paths for node in path]
+            keep[rows, cols] = True
         return self.cache.keep(keep)
 
     def take_rows(self, rows: torch.Tensor) -> "Target":
@@ -133,4 +154,3 @@ class Target:
         out = Target(self.model)
         out.cache = RaggedCache.concat([self.cache] + [o.cache for o in others])
         return out
-

@@ -1,15 +1,20 @@
 """The draft tree: what a drafter proposes and what the target verifies in one forward.
 
-Nodes are numbered in the order they were drawn (siblings in draw order) and every parent
-comes before its children.  The verifier feeds the target ``[root, *nodes]``: the root is the
-last committed token (its key/values are not cached yet), so *slot* 0 is the root and slot
-``i + 1`` is node ``i``.  The target's logits at a slot give the law of that slot's children.
+Nodes are numbered so that every parent comes before its children and siblings follow their
+draw order.  The verifier feeds the target ``[root, *nodes]``: the root is the last committed
+token (its key/values are not cached yet), so *slot* 0 is the root and slot ``i + 1`` is node
+``i``.  The target's logits at a slot give the law of that slot's children.
+
+Each batch row has its own shape: ``parents`` is ``[B, N]`` (a ``[N]`` tensor is shared by
+every row).  Rows with fewer nodes than the widest fill the rest with placeholders, which
+``valid`` marks False and no rule accepts.  Drafters number nodes in priority order: the
+first ``m`` valid nodes of a row are the tree it would propose under a budget of ``m`` nodes,
+which is how the engine enforces per-row budgets (:meth:`DraftTree.limited`).
 
 A chain is a tree whose every node has one child.  ``draft_probs`` holds, per node, the
 processed draft law its token was drawn from (the law at its parent, before earlier siblings
 were removed); ``None`` means the tokens are deterministic guesses (top-k, n-gram copies),
-which the acceptance rules treat as point masses.  In a batch every row shares the tree's
-shape; ``valid`` marks placeholder nodes (a row with a shorter draft), which no rule accepts.
+which the acceptance rules treat as point masses.
 """
 from __future__ import annotations
 
@@ -22,20 +27,29 @@ import torch
 @dataclass
 class DraftTree:
     tokens: torch.Tensor  # [B, N] long: the drafted token of each node, per batch row
-    parents: torch.Tensor  # [N] long: parent node of each node, -1 for children of the root
+    parents: torch.Tensor  # [B, N] long (or [N], shared): parent node of each node, -1 for children of the root
     draft_probs: torch.Tensor | None = None  # [B, N, V]: law each node was drawn from, or None
     valid: torch.Tensor | None = None  # [B, N] bool: False at placeholder nodes a row lacks; None = all
 
     def __post_init__(self):
         if self.tokens.dim() != 2:
             raise ValueError(f"DraftTree.tokens must be [batch, nodes], got shape {tuple(self.tokens.shape)}")
-        n = self.tokens.shape[1]
-        if self.parents.shape != (n,):
-            raise ValueError(f"DraftTree.parents must have shape ({n},), got {tuple(self.parents.shape)}")
-        if n and not bool((self.parents < torch.arange(n, device=self.parents.device)).all()):
-            raise ValueError("DraftTree.parents must number every parent before its children")
-        if n and bool((self.parents < -1).any()):
-            raise ValueError("DraftTree.parents must be -1 (root) or a node index")
+        b, n = self.tokens.shape
+        if self.parents.dim() == 1:
+            if self.parents.shape != (n,):
+                raise ValueError(f"DraftTree.parents must have shape ({n},) or ({b}, {n}), got {tuple(self.parents.shape)}")
+            self._shared = True
+            self.parents = self.parents[None].expand(b, n)
+        else:
+            if self.parents.shape != (b, n):
+                raise ValueError(f"DraftTree.parents must have shape ({n},) or ({b}, {n}), got {tuple(self.parents.shape)}")
+            self._shared = None  # unknown until asked
+        if n:
+            order = torch.arange(n, device=self.parents.device)
+            if not bool((self.parents < order).all()):
+                raise ValueError("DraftTree.parents must number every parent before its children")
+            if bool((self.parents < -1).any()):
+                raise ValueError("DraftTree.parents must be -1 (root) or a node index")
         if self.valid is not None and self.valid.shape != self.tokens.shape:
             raise ValueError(f"DraftTree.valid must match tokens {tuple(self.tokens.shape)}, got {tuple(self.valid.shape)}")
         if self.draft_probs is not None and self.draft_probs.shape[:2] != self.tokens.shape:
@@ -50,26 +64,45 @@ class DraftTree:
               valid: torch.Tensor | None = None) -> "DraftTree":
         """A chain of ``tokens.shape[1]`` nodes, each the child of the one before."""
         n = tokens.shape[1]
-        parents = torch.arange(-1, n - 1, device=tokens.device)
-        return cls(tokens, parents, draft_probs, valid)
-
-    @property
-    def node_valid(self) -> torch.Tensor:
-        """[B, N] bool: which nodes are real drafts (all, unless ``valid`` says otherwise)."""
-        if self.valid is None:
-            return torch.ones_like(self.tokens, dtype=torch.bool)
-        return self.valid
+        tree = cls(tokens, torch.arange(-1, n - 1, device=tokens.device), draft_probs, valid)
+        tree.__dict__["is_chain"] = True
+        return tree
 
     @classmethod
     def empty(cls, batch_size: int, device: torch.device | str = "cpu") -> "DraftTree":
         """No draft at all: verifying it is one step of plain decoding."""
-        return cls(torch.empty(batch_size, 0, dtype=torch.long, device=device),
-                   torch.empty(0, dtype=torch.long, device=device))
+        return cls.chain(torch.empty(batch_size, 0, dtype=torch.long, device=device))
 
     def take_rows(self, rows: torch.Tensor) -> "DraftTree":
-        """The same tree shape for batch rows ``rows`` only."""
+        """The trees of batch rows ``rows`` only."""
         pick = lambda t: None if t is None else t.index_select(0, rows)  # noqa: E731
-        return DraftTree(pick(self.tokens), self.parents, pick(self.draft_probs), pick(self.valid))
+        parents = self.parents[0] if self.shared_shape else pick(self.parents)
+        tree = DraftTree(pick(self.tokens), parents, pick(self.draft_probs), pick(self.valid))
+        if "is_chain" in self.__dict__:
+            tree.__dict__["is_chain"] = self.is_chain
+        return tree
+
+    def limited(self, depth: list[int], max_nodes: list[int | None] | None = None) -> "DraftTree":
+        """This tree with row r cut to ``depth[r]`` levels and its first ``max_nodes[r]`` nodes.
+
+        Nodes past a row's limits become placeholders.  Since nodes are numbered parents first
+        and siblings in draw order, what remains of a row is a tree drafted under those limits.
+        """
+        if not self.num_nodes:
+            return self
+        device = self.tokens.device
+        within = self.depth <= torch.tensor(depth, device=device)[:, None]
+        if max_nodes is not None and any(m is not None for m in max_nodes):
+            budget = torch.tensor([self.num_nodes if m is None else m for m in max_nodes], device=device)
+            within &= torch.cumsum((within & self.node_valid).long(), dim=1) <= budget[:, None]
+        valid = self.node_valid & within
+        if bool(valid.all()):
+            return self
+        parents = self.parents[0] if self.shared_shape else self.parents
+        tree = DraftTree(self.tokens, parents, self.draft_probs, valid)
+        if "is_chain" in self.__dict__:
+            tree.__dict__["is_chain"] = self.is_chain
+        return tree
 
     # ---- shape --------------------------------------------------------------------------
     @property
@@ -80,47 +113,86 @@ class DraftTree:
     def num_nodes(self) -> int:
         return self.tokens.shape[1]
 
+    @property
+    def node_valid(self) -> torch.Tensor:
+        """[B, N] bool: which nodes are real drafts (all, unless ``valid`` says otherwise)."""
+        if self.valid is None:
+            return torch.ones_like(self.tokens, dtype=torch.bool)
+        return self.valid
+
+    @cached_property
+    def valid_counts(self) -> list[int]:
+        """Real (non-placeholder) nodes per row."""
+        if self.valid is None:
+            return [self.num_nodes] * self.batch_size
+        return self.valid.sum(dim=1).tolist()
+
+    @property
+    def shared_shape(self) -> bool:
+        """Whether every row has the same parents (placeholders aside)."""
+        if self._shared is None:
+            self._shared = bool((self.parents == self.parents[:1]).all())
+        return self._shared
+
     @cached_property
     def is_chain(self) -> bool:
         n = self.num_nodes
-        return bool(torch.equal(self.parents.cpu(), torch.arange(-1, n - 1)))
-
-    @cached_property
-    def depth(self) -> torch.Tensor:
-        """[N] long: depth of each node (children of the root have depth 1)."""
-        parents = self.parents.tolist()
-        depth: list[int] = []
-        for p in parents:
-            depth.append(1 if p < 0 else depth[p] + 1)
-        return torch.tensor(depth, dtype=torch.long, device=self.parents.device)
-
-    @cached_property
-    def children(self) -> list[list[int]]:
-        """children[slot]: node indices whose parent is that slot (slot 0 = root), in draw order."""
-        kids: list[list[int]] = [[] for _ in range(self.num_nodes + 1)]
-        for node, parent in enumerate(self.parents.tolist()):
-            kids[parent + 1].append(node)
-        return kids
-
-    @cached_property
-    def parent_slots(self) -> torch.Tensor:
-        """[N] long: slot of each node's parent (0 for the root)."""
-        return self.parents + 1
+        return self.shared_shape and bool(torch.equal(self.parents[0].cpu(), torch.arange(-1, n - 1)))
 
     @cached_property
     def slot_ancestry(self) -> torch.Tensor:
-        """[1+N, 1+N] bool: entry [i, j] is True when slot j is slot i or one of its ancestors."""
-        n = self.num_nodes
-        anc = torch.zeros(n + 1, n + 1, dtype=torch.bool)
-        anc[:, 0] = True
-        for node, parent in enumerate(self.parents.tolist()):
-            anc[node + 1] = anc[parent + 1]
-            anc[node + 1, node + 1] = True
-        return anc.to(self.parents.device)
+        """[B, 1+N, 1+N] bool: entry [b, i, j] is True when slot j is slot i or one of its ancestors."""
+        b, n = self.tokens.shape
+        device = self.parents.device
+        if self.is_chain:
+            anc = torch.ones(n + 1, n + 1, dtype=torch.bool, device=device).tril()
+            return anc[None].expand(b, n + 1, n + 1)
+        rows = 1 if self.shared_shape else b
+        parents = self.parents[:rows]
+        anc = torch.zeros(rows, n + 1, n + 1, dtype=torch.bool, device=device)
+        anc[:, 0, 0] = True
+        index = torch.arange(rows, device=device)
+        for node in range(n):
+            anc[:, node + 1] = anc[index, parents[:, node] + 1]
+            anc[:, node + 1, node + 1] = True
+        return anc.expand(b, n + 1, n + 1)
 
-    def path_to(self, node: int) -> list[int]:
-        """Node indices from depth 1 down to ``node`` (empty for the root, ``node == -1``)."""
-        parents = self.parents.tolist()
+    @cached_property
+    def depth(self) -> torch.Tensor:
+        """[B, N] long: depth of each node (children of the root have depth 1)."""
+        if self.is_chain:
+            return torch.arange(1, self.num_nodes + 1, device=self.parents.device)[None].expand(self.batch_size, -1)
+        return self.slot_ancestry[:, 1:, 1:].sum(dim=2)
+
+    @cached_property
+    def max_depth(self) -> int:
+        """Depth of the deepest node (placeholders included); 0 for the empty tree."""
+        return int(self.depth.max()) if self.num_nodes else 0
+
+    @cached_property
+    def children(self) -> list[list[list[int]]]:
+        """children[row][slot]: node indices whose parent is that slot (slot 0 = root), in draw order."""
+        if self.shared_shape:
+            kids: list[list[int]] = [[] for _ in range(self.num_nodes + 1)]
+            for node, parent in enumerate(self.parents[0].tolist()):
+                kids[parent + 1].append(node)
+            return [kids] * self.batch_size
+        out = []
+        for row in self.parents.tolist():
+            kids = [[] for _ in range(self.num_nodes + 1)]
+            for node, parent in enumerate(row):
+                kids[parent + 1].append(node)
+            out.append(kids)
+        return out
+
+    @property
+    def parent_slots(self) -> torch.Tensor:
+        """[B, N] long: slot of each node's parent (0 for the root)."""
+        return self.parents + 1
+
+    def path_to(self, node: int, row: int = 0) -> list[int]:
+        """Node indices from depth 1 down to ``node`` in row ``row`` (empty for the root, ``node == -1``)."""
+        parents = self.parents[row].tolist()
         path = []
         while node >= 0:
             path.append(node)
@@ -133,9 +205,9 @@ class DraftTree:
         return torch.cat([root_tokens[:, None], self.tokens], dim=1)
 
     def position_ids(self, root_positions: torch.Tensor) -> torch.Tensor:
-        """[B, 1+N] positions: the root's position plus each slot's depth."""
-        slot_depth = torch.cat([self.depth.new_zeros(1), self.depth])
-        return root_positions[:, None] + slot_depth[None, :].to(root_positions.device)
+        """[B, 1+N] positions: each row's root position plus each slot's depth."""
+        slot_depth = torch.cat([self.depth.new_zeros(self.batch_size, 1), self.depth], dim=1)
+        return root_positions[:, None] + slot_depth.to(root_positions.device)
 
     def attention_mask(self, context_mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
         """Additive 4D mask [B, 1, 1+N, C+1+N] for the verification forward.
@@ -145,11 +217,8 @@ class DraftTree:
         """
         b, c = context_mask.shape
         n1 = self.num_nodes + 1
-        visible = torch.cat(
-            [context_mask.bool()[:, None, :].expand(b, n1, c),
-             self.slot_ancestry.to(context_mask.device)[None].expand(b, n1, n1)],
-            dim=2,
-        )
+        visible = torch.cat([context_mask.bool()[:, None, :].expand(b, n1, c),
+                             self.slot_ancestry.to(context_mask.device)], dim=2)
         return additive_mask(visible, dtype)
 
 

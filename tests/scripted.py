@@ -19,12 +19,12 @@ class ScriptedDrafter(Drafter):
         self.num_tokens = num_tokens
 
     def propose(self, request):
-        start = request.sequences.shape[1]  # index in the reference of the token after the root
+        start = int(request.lengths[0])  # index in the reference of the token after the root
         tokens = []
-        for i in range(request.num_tokens):
+        for i in range(request.max_depth):
             truth = self.reference[start + i] if start + i < len(self.reference) else 0
             tokens.append(truth if i < self.right else (truth + 1) % self.vocab_size)
-        return DraftTree.chain(torch.tensor([tokens], device=request.sequences.device))
+        return DraftTree.chain(torch.tensor([tokens], device=request.roots.device))
 
 
 def noisy_copy(model: torch.nn.Module, scale: float, seed: int = 0) -> torch.nn.Module:
@@ -38,3 +38,12 @@ def noisy_copy(model: torch.nn.Module, scale: float, seed: int = 0) -> torch.nn.
             noise = torch.randn(param.shape, generator=g, dtype=param.dtype)
             param.add_(noise * scale * param.std().clamp_min(1e-3))
     return clone
+
+
+def draft_request(ids: torch.Tensor, depth: int, sampling, rng, max_nodes=None):
+    """The request a drafter started on prompts ``ids`` [B, T] gets at the first step."""
+    from specdec.drafters import DraftRequest
+
+    b = ids.shape[0]
+    lengths = torch.full((b,), ids.shape[1], dtype=torch.long)
+    return DraftRequest(ids[:, -1], lengths, [depth] * b, sampling, rng, max_nodes)

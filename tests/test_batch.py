@@ -7,7 +7,7 @@ from conftest import tiny_llama
 from exact_randomness import enumerate_law
 from scripted import noisy_copy
 from specdec import drafters
-from specdec.engine import left_padded
+from specdec.inputs import left_padded
 from test_sampling_lossless import chi_square_pvalue, exact_law
 from test_sampling_lossless import models as small_models
 

@@ -60,9 +60,6 @@ def test_bad_masks_and_batches(target):
         specdec.generate(target, IDS, attention_mask=torch.ones(1, 2, dtype=torch.long), max_new_tokens=4)
     with pytest.raises(ValueError, match="left-padded"):
         specdec.generate(target, IDS, attention_mask=torch.tensor([[1, 1, 0]]), max_new_tokens=4)
-    with pytest.raises(NotImplementedError, match="stochastic_beam"):
-        specdec.generate(target, IDS.repeat(2, 1), drafters.RecursiveTree(target, (2, 2), method="stochastic_beam"),
-                         max_new_tokens=4)
 
 
 def test_bad_sampling_settings(target):

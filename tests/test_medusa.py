@@ -86,7 +86,7 @@ def test_greedy_with_eos_and_the_pool(target):
     eos = row_reference(target, rows[1], 24, None)[4]
     drafter = drafters.Medusa(random_heads(target.config.hidden_size, 3, seed=2), TREE)
     for policy in ("exspec", "eqspec"):
-        out = specdec.generate_pool(target, rows, drafter, batch_size=3, policy=policy, max_new_tokens=24,
+        out = specdec.generate_pool(target, rows, drafter, batch_size=3, schedule=policy, max_new_tokens=24,
                                     eos_token_id=eos)
         for row, seq in zip(rows, out.sequences):
             assert seq.tolist() == row + row_reference(target, row, 24, eos)

@@ -5,7 +5,7 @@ import torch
 import specdec
 from exact_randomness import enumerate_law
 from specdec import drafters
-from specdec.pool import plan_group
+from specdec.schedule import plan_group
 from test_batch import PAD, VOCAB, make, row_reference, target  # noqa: F401  (fixture)
 from test_sampling_lossless import exact_law
 from test_sampling_lossless import models as small_models
@@ -23,7 +23,7 @@ def pool_prompts(count: int, seed: int) -> list[list[int]]:
 @pytest.mark.parametrize("kind", ["none", "noisy", "lookup", "tree"])
 def test_every_prompt_matches_its_own_generate(target, policy, batch_size, kind):
     prompts = pool_prompts(13, seed=batch_size)
-    out = specdec.generate_pool(target, prompts, make(kind, target), batch_size=batch_size, policy=policy,
+    out = specdec.generate_pool(target, prompts, make(kind, target), batch_size=batch_size, schedule=policy,
                                 max_new_tokens=18, eos_token_id=[])
     assert len(out.sequences) == len(prompts)
     for prompt, seq in zip(prompts, out.sequences):
@@ -37,7 +37,7 @@ def test_rows_ending_at_eos(target, policy):
     prompts = pool_prompts(11, seed=4)
     free = [row_reference(target, p, 20, None) for p in prompts]
     eos = free[3][5]
-    out = specdec.generate_pool(target, prompts, make("noisy", target), batch_size=4, policy=policy,
+    out = specdec.generate_pool(target, prompts, make("noisy", target), batch_size=4, schedule=policy,
                                 max_new_tokens=20, eos_token_id=eos)
     lengths = []
     for prompt, seq in zip(prompts, out.sequences):
@@ -64,8 +64,8 @@ def test_exspec_realigns_less_than_eqspec(target):
     """With a noisy draft rows diverge; EXSPEC regroups them and needs realignment on fewer steps."""
     prompts = pool_prompts(16, seed=9)
     kwargs = dict(batch_size=4, max_new_tokens=24, eos_token_id=[])
-    ex = specdec.generate_pool(target, prompts, make("noisy", target), policy="exspec", **kwargs)
-    eq = specdec.generate_pool(target, prompts, make("noisy", target), policy="eqspec", **kwargs)
+    ex = specdec.generate_pool(target, prompts, make("noisy", target), schedule="exspec", **kwargs)
+    eq = specdec.generate_pool(target, prompts, make("noisy", target), schedule="eqspec", **kwargs)
     assert [s.tolist() for s in ex.sequences] == [s.tolist() for s in eq.sequences]
     assert eq.stats.aligned_fraction < ex.stats.aligned_fraction
     assert ex.stats.regroup_seconds > 0
@@ -102,7 +102,7 @@ def test_plan_group():
 
 
 @pytest.mark.parametrize("kwargs,message", [
-    (dict(policy="fifo"), "unknown policy"),
+    (dict(schedule="fifo"), "unknown schedule"),
     (dict(batch_size=0), "batch_size"),
     (dict(batch_size=4, window=2), "window"),
     (dict(batch_size=4, min_group_size=5), "min_group_size"),
@@ -119,5 +119,3 @@ def test_bad_prompts(target):
         specdec.generate_pool(target, [[1, 2], []])
     with pytest.raises(ValueError, match="vocabulary"):
         specdec.generate_pool(target, [[1, 2], [VOCAB + 5]])
-    with pytest.raises(NotImplementedError, match="stochastic_beam"):
-        specdec.generate_pool(target, [[1, 2], [3, 4]], drafters.RecursiveTree(target, (2, 2), method="stochastic_beam"))

@@ -5,9 +5,8 @@ import torch
 import specdec
 from conftest import tiny_llama
 from exact_randomness import enumerate_law
-from scripted import noisy_copy
+from scripted import draft_request, noisy_copy
 from specdec import drafters
-from specdec.drafters.base import DraftRequest
 from specdec.drafters.recursive_tree import level_sizes
 from specdec.sampling import Randomness, SamplingConfig, seeded_randomness
 from test_sampling_lossless import PROMPT, exact_law, generated, models
@@ -49,9 +48,9 @@ def test_siblings_are_distinct_and_budget_holds(target):
     for temperature in (0.3, 1.0, 2.0):
         sampling = SamplingConfig(do_sample=True, temperature=temperature)
         drafter.start(target, ids, torch.ones_like(ids))
-        tree = drafter.propose(DraftRequest(ids, torch.ones_like(ids), 3, sampling, rng))
+        tree = drafter.propose(draft_request(ids, 3, sampling, rng))
         assert tree.num_nodes == 20 == drafter.num_nodes
-        for kids in tree.children:
+        for kids in tree.children[0]:
             tokens = tree.tokens[0, kids].tolist()
             assert len(tokens) == len(set(tokens))
 
@@ -138,10 +137,10 @@ def test_stochastic_beam_tree_shape(target):
         for temperature in (0.5, 1.5):
             drafter.start(target, ids, torch.ones_like(ids))
             sampling = SamplingConfig(do_sample=True, temperature=temperature)
-            tree = drafter.propose(DraftRequest(ids, torch.ones_like(ids), 3, sampling, rng))
+            tree = drafter.propose(draft_request(ids, 3, sampling, rng))
             assert tree.num_nodes == expected
-            assert max(torch.bincount(tree.depth).tolist()) <= 4
-            for kids in tree.children:
+            assert max(torch.bincount(tree.depth[0]).tolist()) <= 4
+            for kids in tree.children[0]:
                 tokens = tree.tokens[0, kids].tolist()
                 assert len(tokens) == len(set(tokens))
 

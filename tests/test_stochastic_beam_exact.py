@@ -26,7 +26,7 @@ from conftest import tiny_llama
 from exact_randomness import enumerate_law
 from specdec import acceptance, drafters
 from specdec.drafters import recursive_tree
-from specdec.drafters.base import DraftRequest
+from scripted import draft_request
 from specdec.sampling import SamplingConfig, seeded_randomness
 from specdec.tree import DraftTree
 from test_sampling_lossless import chi_square_pvalue
@@ -148,7 +148,7 @@ def _without_sibling_removal(tree, p_slots, rng):
     while True:
         r = p_slots[0, slot]
         chosen = None
-        for node in tree.children[slot]:
+        for node in tree.children[0][slot]:
             x = int(tree.tokens[0, node])
             law = tree.draft_probs[0, node]
             if bool(rng.coins(acceptance.acceptance_probability(r[x], law[x]))):
@@ -192,13 +192,12 @@ def sampled_trees(model, sizes, count: int) -> list[tuple]:
     trees = []
     for seed in range(count):
         drafter.start(model, PROMPT, torch.ones_like(PROMPT))
-        tree = drafter.propose(DraftRequest(PROMPT, torch.ones_like(PROMPT), len(sizes), sampling,
-                                            seeded_randomness(seed)))
+        tree = drafter.propose(draft_request(PROMPT, len(sizes), sampling, seeded_randomness(seed)))
         prefix = {}
         for node in range(tree.num_nodes):
-            parent = int(tree.parents[node])
+            parent = int(tree.parents[0, node])
             prefix[node] = (prefix[parent] if parent >= 0 else ()) + (int(tree.tokens[0, node]),)
-        depth = tree.depth.tolist()
+        depth = tree.depth[0].tolist()
         trees.append(tuple(tuple(prefix[n] for n in range(tree.num_nodes) if depth[n] == d)
                            for d in range(1, len(sizes) + 1)))
     return trees

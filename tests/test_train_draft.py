@@ -59,7 +59,7 @@ def test_bad_draft_shapes():
 def distill_setup(target, count=12, answer=24):
     g = torch.Generator().manual_seed(0)
     prompts = [torch.randint(3, 64, (int(n),), generator=g).tolist() for n in torch.randint(3, 9, (count,), generator=g)]
-    out = specdec.generate_pool(target, prompts, None, batch_size=4, policy="eqspec", max_new_tokens=answer,
+    out = specdec.generate_pool(target, prompts, None, batch_size=4, schedule="eqspec", max_new_tokens=answer,
                                 eos_token_id=[])
     sequences = [s.numpy().astype(np.int32) for s in out.sequences]
     lengths = np.asarray([len(p) for p in prompts], np.int32)

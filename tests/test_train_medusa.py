@@ -145,7 +145,7 @@ def test_pipeline_on_a_tiny_target(tmp_path):
     model = tiny_llama(64, seed=0, eos_token_id=None)
     g = torch.Generator().manual_seed(0)
     prompts = [torch.randint(3, 64, (n,), generator=g).tolist() for n in (5, 9, 4, 12, 7, 6)]
-    out = specdec.generate_pool(model, prompts, None, batch_size=3, policy="eqspec", max_new_tokens=40, eos_token_id=[])
+    out = specdec.generate_pool(model, prompts, None, batch_size=3, schedule="eqspec", max_new_tokens=40, eos_token_id=[])
     sequences = [s.numpy().astype(np.int32) for s in out.sequences]
     counts = extract(model, sequences, [len(p) for p in prompts], 2, tmp_path / "features", 0.34, 64)
     assert counts["train"]["sequences"] == 4 and counts["valid"]["sequences"] == 2

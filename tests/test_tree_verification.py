@@ -25,7 +25,7 @@ def test_tree_mask_and_positions():
     assert torch.equal(mask[:, :3], torch.tensor([[False, True, True]] * 5))
     assert torch.equal(mask[:, 3:], expected_tree)
     assert tree.position_ids(torch.tensor([2])).tolist() == [[2, 3, 3, 4, 5]]
-    assert tree.depth.tolist() == [1, 1, 2, 3]
+    assert tree.depth.tolist() == [[1, 1, 2, 3]]
     assert not tree.is_chain and DraftTree.chain(torch.tensor([[1, 2]])).is_chain
 
 
@@ -36,7 +36,7 @@ def test_tree_verification_equals_incremental_decoding():
     # root: 0 -> {0: 11, 1: 12, 2: 13}; 0 -> 3: 21 -> 5: 31; 1 -> 4: 22
     tree = DraftTree(torch.tensor([[11, 12, 13, 21, 22, 31]]), torch.tensor([-1, -1, -1, 0, 1, 3]))
     target = Target(model)
-    root = target.prefill(torch.tensor([prompt]), torch.ones(1, len(prompt), dtype=torch.long))
+    root, _ = target.prefill(torch.tensor([prompt]), torch.ones(1, len(prompt), dtype=torch.long))
     logits = target.verify(root, tree).logits[0]
     assert torch.allclose(logits[0], full_forward_logits(model, prompt), atol=1e-10)
     for node in range(tree.num_nodes):
@@ -50,7 +50,7 @@ def test_commit_compacts_cache_to_a_branch_path():
     prompt = [7, 8, 9, 10]
     tree = DraftTree(torch.tensor([[11, 12, 21, 22]]), torch.tensor([-1, -1, 1, 2]))
     target = Target(model)
-    root = target.prefill(torch.tensor([prompt]), torch.ones(1, 4, dtype=torch.long))
+    root, _ = target.prefill(torch.tensor([prompt]), torch.ones(1, 4, dtype=torch.long))
     target.verify(root, tree)
     target.commit([[1, 2, 3]], tree.num_nodes)  # keep 12 -> 21 -> 22
     assert int(target.lengths[0]) == 3 + 1 + 3  # 3 prompt tokens cached, the old root, the path
@@ -65,7 +65,7 @@ def test_commit_of_a_chain_prefix_crops():
     prompt = [3, 4, 5]
     tree = DraftTree.chain(torch.tensor([[30, 31, 32, 33]]))
     target = Target(model)
-    root = target.prefill(torch.tensor([prompt]), torch.ones(1, 3, dtype=torch.long))
+    root, _ = target.prefill(torch.tensor([prompt]), torch.ones(1, 3, dtype=torch.long))
     target.verify(root, tree)
     target.commit([[0, 1]], tree.num_nodes)
     logits = target.verify(torch.tensor([60]), DraftTree.empty(1)).logits[0, 0]
@@ -75,14 +75,14 @@ def test_commit_of_a_chain_prefix_crops():
 def test_lazy_greedy_targets_agree_with_full_argmax():
     """Computing logits only along matching paths gives the same greedy acceptance as all logits."""
     from specdec.acceptance import greedy_accept
-    from specdec.engine import greedy_targets
+    from specdec.acceptance import greedy_targets
 
     model = tiny_llama(16, seed=6)
     prompt = torch.tensor([[3, 4, 5, 6]])
     g = torch.Generator().manual_seed(0)
     for trial in range(20):
         target = Target(model)
-        root = target.prefill(prompt, torch.ones_like(prompt))
+        root, _ = target.prefill(prompt, torch.ones_like(prompt))
         parents = torch.tensor([-1, -1, -1, 0, 0, 1, 3, 5])
         tree = DraftTree(torch.randint(0, 16, (1, 8), generator=g), parents)
         verification = target.verify(root, tree)

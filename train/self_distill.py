@@ -32,7 +32,7 @@ def distill(model, tokenizer, count: int, max_new_tokens: int, batch_size: int, 
     prompts = [encode(tokenizer, chat)[0].tolist() for chat in chats]
     eos = getattr(model.generation_config, "eos_token_id", None)
     with torch.inference_mode():
-        out = specdec.generate_pool(model, prompts, None, batch_size=batch_size, policy="eqspec",
+        out = specdec.generate_pool(model, prompts, None, batch_size=batch_size, schedule="eqspec",
                                     max_new_tokens=max_new_tokens, do_sample=do_sample, temperature=temperature,
                                     eos_token_id=eos, seed=seed)
     return [s.tolist() for s in out.sequences], [len(p) for p in prompts]

@@ -1,9 +1,10 @@
 """Drafters: every way of proposing tokens, behind one protocol (:class:`Drafter`)."""
-from .base import DraftRequest, Drafter
+from .base import CommitUpdate, DraftRequest, Drafter
+from .draft_cache import DraftCache
 from .draft_model import DraftModel, load_draft_model
 from .medusa import Medusa
-from .prompt_lookup import PromptLookup, lookup_continuation
+from .prompt_lookup import NgramIndex, PromptLookup, lookup_continuation
 from .recursive_tree import RecursiveTree
 from .self_draft import truncated_model
 
-__all__ = ["Drafter", "DraftRequest", "DraftModel", "Medusa", "PromptLookup", "RecursiveTree", "load_draft_model", "lookup_continuation", "truncated_model"]
+__all__ = ["CommitUpdate", "Drafter", "DraftCache", "DraftRequest", "DraftModel", "Medusa", "PromptLookup", "RecursiveTree", "load_draft_model", "NgramIndex", "lookup_continuation", "truncated_model"]

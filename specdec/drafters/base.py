@@ -1,8 +1,22 @@
 """The drafter protocol: every way of proposing tokens is one small class.
 
-A drafter is started on a prompt batch, ``propose``s a :class:`~specdec.tree.DraftTree` from
-the committed context each step, and is told what was accepted through ``commit`` so that its
-own caches follow.  It never sees the target's cache and never decides acceptance.
+A drafter follows the committed sequence of every row through two calls and proposes in
+between:
+
+* ``start(target_model, input_ids, attention_mask, hidden)`` at prefill: the prompts
+  (left-padded) and the target's final hidden states over every prompt token but the last
+  (the *root*, which the first verification computes).
+* ``propose(request)``: a :class:`~specdec.tree.DraftTree` hanging below each row's root, at
+  most ``request.depth[r]`` deep for row r (the engine masks anything past a row's depth or
+  node budget, so drafting to ``request.max_depth`` for every row is correct).
+* ``commit(update)`` after *every* step, drafted or not: the tokens the target now caches (the
+  old root and the accepted nodes) with their final hidden states, and each row's new root.
+  A drafter that attends over the target's history (Medusa, Chimera, EAGLE) keeps what it needs
+  of these; one that runs its own model keeps its cache in step through
+  :class:`~specdec.drafters.draft_cache.DraftCache`.
+
+So a drafter only ever sees the tokens committed since its last call, never a rebuilt history.
+It never sees the target's cache and never decides acceptance.
 """
 from __future__ import annotations
 
@@ -11,48 +25,81 @@ from dataclasses import dataclass
 
 import torch
 
-from ..acceptance import Acceptance
 from ..sampling import Randomness, SamplingConfig
 from ..tree import DraftTree
 
 
 @dataclass
 class DraftRequest:
-    """Everything a drafter may look at to propose one tree."""
+    """What a drafter is asked for in one step."""
 
-    sequences: torch.Tensor  # [B, T] committed tokens, the root last (left-padded)
-    attention_mask: torch.Tensor  # [B, T] 1 at real tokens
-    num_tokens: int  # speculation budget for this step: at most this many tokens deep
+    roots: torch.Tensor  # [B] each row's last committed token, which the tree hangs below
+    lengths: torch.Tensor  # [B] committed tokens per row, the root included (root position = lengths - 1)
+    depth: list[int]  # per row: at most this many tokens deep (0 = nothing wanted from this row)
     sampling: SamplingConfig
     rng: Randomness  # every random draw goes through it
-    hidden: torch.Tensor | None = None  # [B, H] target's last hidden state before the root
+    max_nodes: list[int | None] | None = None  # per row node budget (None: the drafter's own)
+
+    @property
+    def max_depth(self) -> int:
+        return max(self.depth)
+
+    @property
+    def batch_size(self) -> int:
+        return self.roots.shape[0]
+
+
+@dataclass
+class CommitUpdate:
+    """What one step committed, per row: a drafter's view of the verification's outcome."""
+
+    tree: DraftTree  # the tree that was verified (empty when nothing was proposed)
+    proposed: bool  # whether this drafter proposed that tree (False: it sat the step out)
+    paths: list[list[int]]  # accepted node indices per row, from depth 1 down
+    cached: torch.Tensor  # [B, W] tokens the target cached this step: the old root, then the accepted nodes
+    cached_real: torch.Tensor  # [B, W] bool, right-aligned: False on the left of shorter rows
+    hidden: torch.Tensor  # [B, W, H] the target's final hidden states at those tokens
+    roots: torch.Tensor  # [B] each row's new root: the token after its path (not cached yet)
+
+    def appended(self, row: int) -> list[int]:
+        """Tokens added to row ``row``'s committed sequence: the accepted nodes, then the new root."""
+        return self.tree.tokens[row, self.paths[row]].tolist() + [int(self.roots[row])]
+
+    def take_rows(self, rows: list[int]) -> "CommitUpdate":
+        index = torch.tensor(rows, dtype=torch.long, device=self.roots.device)
+        return CommitUpdate(self.tree.take_rows(index), self.proposed, [self.paths[r] for r in rows],
+                            self.cached[index], self.cached_real[index], self.hidden[index], self.roots[index])
 
 
 class Drafter(abc.ABC):
     """Proposes draft trees. Subclasses implement :meth:`propose`; the rest is optional."""
 
-    #: default speculation length when ``generate(speculation=None)``
+    #: default speculation depth when ``generate(speculation=None)``
     num_tokens: int = 4
-    #: whether :meth:`propose` needs the target's hidden state (head drafters)
-    needs_hidden_states: bool = False
+    #: the deepest tree this drafter can draft (None: any depth)
+    max_depth: int | None = None
     #: True when the drafter keeps no per-row state between steps (then rows need no copying)
     stateless: bool = False
 
-    def start(self, target_model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> None:
-        """Begin a new batch of prompts; check compatibility with the target."""
+    def start(self, target_model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+              hidden: torch.Tensor) -> None:
+        """Begin a new batch of prompts; check compatibility with the target.
+
+        ``hidden`` [B, T-1, H]: the target's final hidden states at ``input_ids[:, :-1]``.
+        """
 
     @abc.abstractmethod
     def propose(self, request: DraftRequest) -> DraftTree:
-        """A draft tree at most ``request.num_tokens`` deep (``num_tokens`` >= 1)."""
+        """A draft tree at most ``request.max_depth`` deep (>= 1), nodes numbered in priority order."""
 
-    def commit(self, acceptance: Acceptance, tree: DraftTree) -> None:
-        """What the target kept of the last proposal (paths and the token after them), per row."""
+    def commit(self, update: CommitUpdate) -> None:
+        """What the target kept of the last step, per row (called after every step)."""
 
     def take_rows(self, rows: torch.Tensor) -> "Drafter":
         """A drafter for batch rows ``rows`` of this one's batch, with its own copy of their state.
 
         ``self`` is left unchanged.  Used to drop finished rows and, in ``generate_pool``, to
-        split a batch into groups; may be called between ``propose`` and ``commit``.
+        split a batch into groups; called between a ``commit`` and the next ``propose``.
         """
         if self.stateless:
             return self

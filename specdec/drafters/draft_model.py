@@ -5,11 +5,10 @@ import copy
 
 import torch
 
-from ..acceptance import Acceptance
-from ..kv import RaggedCache
 from ..sampling import choose
 from ..tree import DraftTree
-from .base import DraftRequest, Drafter, check_same_vocabulary
+from .base import CommitUpdate, DraftRequest, Drafter, check_same_vocabulary
+from .draft_cache import DraftCache
 from .self_draft import truncated_model
 
 
@@ -29,28 +28,12 @@ def load_draft_model(target_model: torch.nn.Module, path=None, self_draft_layers
     return truncated_model(target_model, int(self_draft_layers))
 
 
-def catch_up_block(request: DraftRequest, cached: torch.Tensor):
-    """The committed tokens each row's draft cache lacks, right-aligned in one block.
-
-    Returns ``(tokens [B, W], real [B, W], positions [B, W])``; every row's last committed token
-    (its root) sits in the last column.
-    """
-    sequences, mask = request.sequences, request.attention_mask.bool()
-    committed = mask.sum(dim=1)
-    missing = committed - cached
-    width = int(missing.max())
-    cols = torch.arange(width, device=sequences.device)[None]
-    real = cols >= (width - missing)[:, None]
-    positions = (cached[:, None] + cols - (width - missing)[:, None]).clamp_min(0)
-    return sequences[:, -width:], real, positions
-
-
 class DraftModel(Drafter):
-    """Drafts ``num_tokens`` tokens one at a time with ``model``, keeping its own KV cache.
+    """Drafts a chain one token at a time with ``model``, keeping its own KV cache.
 
-    The draft's cache follows the committed sequence row by row: after each verification it
-    keeps what the target accepted, and the next proposal first feeds what it has not seen
-    (the correction or bonus token) before drafting on.
+    The draft's cache follows the committed sequence row by row (:class:`DraftCache`): after
+    each verification it keeps what the target accepted, and the next proposal first feeds
+    what it has not seen (the correction or bonus token) before drafting on.
     """
 
     def __init__(self, model: torch.nn.Module, num_tokens: int = 4):
@@ -60,57 +43,40 @@ class DraftModel(Drafter):
             raise ValueError(f"num_tokens must be >= 1, got {num_tokens}")
         self.model = model
         self.num_tokens = int(num_tokens)
-        self._cache: RaggedCache | None = None
-        self._committed: torch.Tensor | None = None  # [B] committed tokens when last proposing
-        self._fed_drafts = 0  # drafted tokens fed into the cache by the last proposal
+        self._cache: DraftCache | None = None
 
     @classmethod
     def from_target_layers(cls, target_model: torch.nn.Module, num_layers: int, num_tokens: int = 4) -> "DraftModel":
         """A self-draft: the target's first ``num_layers`` layers, sharing its weights (no training)."""
         return cls(truncated_model(target_model, num_layers), num_tokens=num_tokens)
 
-    def start(self, target_model, input_ids, attention_mask) -> None:
+    def start(self, target_model, input_ids, attention_mask, hidden=None) -> None:
         check_same_vocabulary(self.model, target_model)
-        self._cache = RaggedCache(self.model.config, input_ids.shape[0], input_ids.device)
-
-    def _forward(self, tokens, real, positions):
-        attention = torch.cat([self._cache.mask, real], dim=1).long()
-        logits = self.model(input_ids=tokens, attention_mask=attention, position_ids=positions,
-                            past_key_values=self._cache.kv, use_cache=True, logits_to_keep=1).logits[:, -1]
-        self._cache.appended(real)
-        return logits
+        self._cache = DraftCache(self.model, input_ids, attention_mask)
 
     @torch.no_grad()
     def propose(self, request: DraftRequest) -> DraftTree:
-        self._committed = request.attention_mask.sum(dim=1)
-        tokens, real, positions = catch_up_block(request, self._cache.lengths)
+        depth = request.max_depth
+        logits = self._cache.catch_up()
         drafted, laws = [], []
-        for step in range(request.num_tokens):
-            logits = self._forward(tokens, real, positions)
+        for step in range(depth):
             token, law = choose(logits, request.sampling, request.rng)
             drafted.append(token)
             laws.append(law)
-            if step + 1 < request.num_tokens:
-                tokens, real = token[:, None], torch.ones_like(token[:, None], dtype=torch.bool)
-                positions = self._cache.lengths[:, None]
-        self._fed_drafts = request.num_tokens - 1
+            if step + 1 < depth:
+                logits = self._cache.feed_chain(token)
         draft_probs = None if laws[0] is None else torch.stack(laws, dim=1)
         return DraftTree.chain(torch.stack(drafted, dim=1), draft_probs)
 
-    def commit(self, acceptance: Acceptance, tree: DraftTree) -> None:
-        accepted = torch.tensor(acceptance.num_accepted, device=self._committed.device)
-        valid = self._committed + accepted.clamp(max=self._fed_drafts)
-        mask = self._cache.mask
-        self._cache.keep(mask & (mask.long().cumsum(dim=1) <= valid[:, None]))
+    def commit(self, update: CommitUpdate) -> None:
+        self._cache.commit(update)
 
     def take_rows(self, rows: torch.Tensor) -> "DraftModel":
         out = copy.copy(self)
         out._cache = self._cache.take_rows(rows)
-        out._committed = self._committed.index_select(0, rows) if self._committed is not None else None
         return out
 
     def join(self, others: list["DraftModel"]) -> "DraftModel":
         out = copy.copy(self)
-        out._cache = RaggedCache.concat([self._cache] + [o._cache for o in others])
-        out._committed = None  # rows are joined between steps, before the next proposal
+        out._cache = DraftCache.concat([self._cache] + [o._cache for o in others])
         return out

@@ -1,21 +1,22 @@
 """Medusa: K heads on the target's last hidden state guess the next K tokens; a sparse tree of
 their top guesses is verified in one target forward (Cai et al., 2024).
 
-The heads read the hidden state the target computed for the token before the root (the
-verification forward yields it, the prefill does for the first step), so drafting costs no
-extra target forward.  Nodes are deterministic top-k guesses: greedy acceptance matches them,
+The heads read the hidden state the target computed for the token before the root (each
+step's commit hands it over, the prefill for the first step), so drafting costs no extra
+target forward.  Nodes are deterministic top-k guesses: greedy acceptance matches them,
 and sampling accepts them by recursive rejection with point-mass children, which is lossless.
 Medusa's typical acceptance is a separate, lossy option of the acceptance rules.
 """
 from __future__ import annotations
 
+import copy
 import json
 
 import torch
 
 from ..medusa_tree import build_sparse_tree
 from ..tree import DraftTree
-from .base import DraftRequest, Drafter, output_vocab_size
+from .base import CommitUpdate, DraftRequest, Drafter, output_vocab_size
 
 WEIGHTS = "medusa.safetensors"
 CARD = "card.json"
@@ -24,8 +25,6 @@ CARD = "card.json"
 class Medusa(Drafter):
     """Medusa heads plus the sparse tree of rank paths they are verified with."""
 
-    needs_hidden_states = True
-    stateless = True
 
     def __init__(self, heads, tree: list[tuple[int, ...]]):
         from specdec.heads.medusa import MedusaHeads
@@ -49,7 +48,9 @@ class Medusa(Drafter):
         self.heads = heads.eval()
         self.tree = tree
         self.num_tokens = max(len(p) for p in tree)
+        self.max_depth = self.num_tokens
         self._lm_head = None
+        self._hidden: torch.Tensor | None = None  # [B, H] target state before each row's root
 
     @classmethod
     def from_pretrained(cls, path, target_model: torch.nn.Module, max_nodes: int | None = None) -> "Medusa":
@@ -81,23 +82,41 @@ class Medusa(Drafter):
         dtype = next(target_model.parameters()).dtype
         return cls(heads.to(dtype), tree)
 
-    def start(self, target_model, input_ids, attention_mask) -> None:
-        hidden = getattr(target_model.config, "hidden_size", None)
-        if hidden != self.heads.hidden_size:
-            raise ValueError(f"Medusa heads expect hidden size {self.heads.hidden_size}, the target has {hidden}")
+    def start(self, target_model, input_ids, attention_mask, hidden=None) -> None:
+        size = getattr(target_model.config, "hidden_size", None)
+        if size != self.heads.hidden_size:
+            raise ValueError(f"Medusa heads expect hidden size {self.heads.hidden_size}, the target has {size}")
         output_vocab_size(target_model)  # a causal LM with an output head
         self._lm_head = target_model.get_output_embeddings()
         self.heads.to(device=input_ids.device, dtype=next(target_model.parameters()).dtype)
+        # the state before the root; a one-token prompt has none until the first step commits
+        self._hidden = hidden[:, -1] if hidden is not None and hidden.shape[1] else None
+
+    def commit(self, update: CommitUpdate) -> None:
+        self._hidden = update.hidden[:, -1]  # right-aligned: the last cached token of every row
+
+    def take_rows(self, rows: torch.Tensor) -> "Medusa":
+        out = copy.copy(self)
+        out._hidden = None if self._hidden is None else self._hidden.index_select(0, rows)
+        return out
+
+    def join(self, others: list["Medusa"]) -> "Medusa":
+        out = copy.copy(self)
+        parts = [self] + others
+        out._hidden = None
+        if all(d._hidden is not None for d in parts):
+            out._hidden = torch.cat([d._hidden for d in parts])
+        return out
 
     @torch.no_grad()
     def propose(self, request: DraftRequest) -> DraftTree:
-        device = request.sequences.device
-        b = request.sequences.shape[0]
-        paths = [p for p in self.tree if len(p) <= request.num_tokens]
-        if request.hidden is None or not paths:  # a one-token prompt: no hidden state yet
+        device = request.roots.device
+        b = request.batch_size
+        paths = [p for p in self.tree if len(p) <= request.max_depth]
+        if self._hidden is None or not paths:  # a one-token prompt: no hidden state yet
             return DraftTree.empty(b, device)
         depth = max(len(p) for p in paths)
-        logits = self.heads(request.hidden, self._lm_head)[:depth]  # [D, B, V]
+        logits = self.heads(self._hidden, self._lm_head)[:depth]  # [D, B, V]
         width = [1 + max(p[d] for p in paths if len(p) > d) for d in range(depth)]
         guesses = [torch.topk(logits[d], width[d], dim=-1).indices for d in range(depth)]  # [B, width]
         index = {p: i for i, p in enumerate(paths)}

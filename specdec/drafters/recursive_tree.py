@@ -13,7 +13,9 @@ tests siblings against q with the earlier ones removed) keeps the target's law e
   surviving children are the first of its own without-replacement order.
 
 With greedy decoding the children are the draft's top tokens (gumbel_topk) or the beam's best
-continuations (stochastic_beam).  ``max_nodes`` caps the tree in both methods.
+continuations (stochastic_beam).  ``max_nodes`` caps the tree in both methods.  In a batch,
+gumbel_topk trees share one shape (a row whose law has fewer possible tokens than a node's
+branching gets placeholders); stochastic beam trees have each row's own shape.
 """
 from __future__ import annotations
 
@@ -22,12 +24,10 @@ from dataclasses import dataclass
 
 import torch
 
-from ..acceptance import Acceptance
 from ..sampling import processed_probs
-from ..kv import RaggedCache
-from ..tree import DraftTree, additive_mask
-from .base import DraftRequest, Drafter, check_same_vocabulary
-from .draft_model import catch_up_block
+from ..tree import DraftTree
+from .base import CommitUpdate, DraftRequest, Drafter, check_same_vocabulary
+from .draft_cache import DraftCache
 
 METHODS = ("gumbel_topk", "stochastic_beam")
 
@@ -86,12 +86,7 @@ class _Child:
 
 
 class RecursiveTree(Drafter):
-    """Draft trees from a small causal LM, sampled without replacement.
-
-    In a batch every row's tree has the same shape (gumbel_topk); a row whose law has fewer
-    possible tokens than a node's branching gets placeholder nodes that no rule accepts.
-    Stochastic beam trees differ in shape from row to row and run at batch size 1.
-    """
+    """Draft trees from a small causal LM, sampled without replacement (see the module docstring)."""
 
     def __init__(self, model: torch.nn.Module, branching=(3, 2, 1), method: str = "gumbel_topk",
                  max_nodes: int | None = None, beam_width: int | None = None):
@@ -112,24 +107,22 @@ class RecursiveTree(Drafter):
         self.max_nodes = None if max_nodes is None else int(max_nodes)
         self.beam_width = int(beam_width) if beam_width is not None else max(branching)
         self.num_tokens = len(branching)
-        self._cache: RaggedCache | None = None
-        self._context = 0  # cache columns holding committed tokens when the tree was proposed
-        self._fed: list[int] = []  # tree nodes whose key/values follow them in the cache, in order
+        self.max_depth = len(branching)
+        self._cache: DraftCache | None = None
 
     @property
     def num_nodes(self) -> int:
         """Nodes of a full tree under the budget (what one verification costs the target)."""
-        if self.method == "stochastic_beam":
-            return sum(beam_sizes(self.beam_width, len(self.branching), self.max_nodes))
-        return sum(sum(level) for level in level_sizes(self.branching, self.max_nodes))
+        return sum(self._level_widths(len(self.branching), self.max_nodes))
 
-    def start(self, target_model, input_ids, attention_mask) -> None:
+    def _level_widths(self, depth: int, max_nodes: int | None) -> list[int]:
+        if self.method == "stochastic_beam":
+            return beam_sizes(self.beam_width, len(self.branching), max_nodes)[:depth]
+        return [sum(level) for level in level_sizes(self.branching, max_nodes)[:depth]]
+
+    def start(self, target_model, input_ids, attention_mask, hidden=None) -> None:
         check_same_vocabulary(self.model, target_model)
-        if input_ids.shape[0] != 1 and self.method == "stochastic_beam":
-            raise NotImplementedError(
-                "stochastic_beam trees differ in shape between rows; batches (B > 1) need method='gumbel_topk'"
-            )
-        self._cache = RaggedCache(self.model.config, input_ids.shape[0], input_ids.device)
+        self._cache = DraftCache(self.model, input_ids, attention_mask)
 
     # ---- growing one depth -----------------------------------------------------------------
     def _topk_children(self, logits, frontier, counts, request):
@@ -150,8 +143,11 @@ class RecursiveTree(Drafter):
         return torch.stack(columns, dim=1), parents, rows, q
 
     def _beam_children(self, logits, frontier, parents_state, keep, request):
-        """The beam's next depth (siblings in draw order) and the processed law (None if greedy)."""
-        logits = logits[0]
+        """One row's next beam depth (siblings in draw order) and the processed law (None if greedy).
+
+        ``logits`` [F, V] at the row's live frontier nodes ``frontier``, whose beam states are
+        ``parents_state``.
+        """
         q = None
         if request.sampling.do_sample:
             q = processed_probs(logits, request.sampling)
@@ -176,42 +172,18 @@ class RecursiveTree(Drafter):
         children.sort(key=lambda c: (c.row, -c.score))
         return children, q
 
-    # ---- the draft forwards --------------------------------------------------------------
-    def _forward(self, tokens, real, positions, attention):
-        logits = self.model(input_ids=tokens, position_ids=positions, attention_mask=attention,
-                            past_key_values=self._cache.kv, use_cache=True).logits
-        self._cache.appended(real)
-        return logits
-
-    def _feed_frontier(self, tokens, parents, frontier, fed, lengths, depth):
-        """One draft forward over the frontier with tree attention: context, ancestors, itself."""
-        device = tokens.device
-        partial = DraftTree(tokens, torch.tensor(parents, device=device))
-        rows = partial.slot_ancestry[1:, 1:][frontier][:, fed + frontier]
-        b = tokens.shape[0]
-        visible = torch.cat([self._cache.mask[:, : self._context][:, None, :].expand(b, len(frontier), -1),
-                             rows[None].expand(b, -1, -1)], dim=2)
-        mask = additive_mask(visible, next(self.model.parameters()).dtype)
-        positions = (lengths - 1 + depth)[:, None].expand(b, len(frontier))
-        real = torch.ones(b, len(frontier), dtype=torch.bool, device=device)
-        return self._forward(tokens[:, frontier], real, positions, mask)
-
+    # ---- proposing -----------------------------------------------------------------------
     @torch.no_grad()
     def propose(self, request: DraftRequest) -> DraftTree:
-        # depth 1 starts from the root: catch the cache up with the committed tokens
-        new, real, positions = catch_up_block(request, self._cache.lengths)
-        attention = torch.cat([self._cache.mask, real], dim=1).long()
-        logits = self._forward(new, real, positions, attention)[:, -1:]
-        self._context = self._cache.width
+        logits = self._cache.catch_up()[:, None]  # [B, 1, V] at the root
         if self.method == "stochastic_beam":
             return self._propose_beam(request, logits)
-        lengths = self._cache.lengths
         device = logits.device
         b = logits.shape[0]
-        levels = level_sizes(self.branching, self.max_nodes)[: request.num_tokens]
+        levels = level_sizes(self.branching, self.max_nodes)[: request.max_depth]
         tokens = torch.zeros(b, 0, dtype=torch.long, device=device)
         valid = torch.zeros(b, 0, dtype=torch.bool, device=device)
-        parents, laws, fed, frontier = [], [], [], [-1]
+        parents, laws, frontier = [], [], [-1]
         for depth, level in enumerate(levels, start=1):
             drawn, kid_parents, kid_rows, q = self._topk_children(logits, frontier, level[: len(frontier)], request)
             parent_valid = torch.stack([valid[:, p] if p >= 0 else torch.ones(b, dtype=torch.bool, device=device)
@@ -224,57 +196,66 @@ class RecursiveTree(Drafter):
                 laws.append(q[:, kid_rows])
             if depth == len(levels):
                 break
-            logits = self._feed_frontier(tokens, parents, frontier, fed, lengths, depth)
-            fed.extend(frontier)
-        self._fed = fed
+            partial = DraftTree(tokens, torch.tensor(parents, dtype=torch.long, device=device))
+            logits = self._cache.feed(partial, frontier)
         draft_probs = torch.cat(laws, dim=1) if laws else None
         return DraftTree(tokens, torch.tensor(parents, dtype=torch.long, device=device), draft_probs,
                          None if bool(valid.all()) else valid)
 
     def _propose_beam(self, request: DraftRequest, logits: torch.Tensor) -> DraftTree:
+        """Each row's own stochastic beam tree; level d holds ``levels[d]`` node columns."""
         device = logits.device
-        lengths = self._cache.lengths
-        levels = beam_sizes(self.beam_width, len(self.branching), self.max_nodes)[: request.num_tokens]
-        tokens, parents, laws, fed = [], [], [], []
-        frontier, state = [-1], [_Child(-1, 0, -1)]
+        b, _, v = logits.shape
+        levels = beam_sizes(self.beam_width, len(self.branching), self.max_nodes)[: request.max_depth]
+        sampling = request.sampling.do_sample
+        tokens = torch.zeros(b, 0, dtype=torch.long)
+        parents = torch.zeros(b, 0, dtype=torch.long)
+        valid = torch.zeros(b, 0, dtype=torch.bool)
+        laws = []
+        frontier = [-1]  # node index of each frontier column (the root first)
+        states: list[list[_Child | None]] = [[_Child(-1, 0, -1)] for _ in range(b)]  # per row, per column
         for depth, keep in enumerate(levels, start=1):
-            children, q = self._beam_children(logits, frontier, state, keep, request)
-            if q is not None:
-                laws.extend(q[c.row] for c in children)
-            frontier = list(range(len(tokens), len(tokens) + len(children)))
-            tokens.extend(c.token for c in children)
-            parents.extend(c.parent for c in children)
-            state = children
-            if not frontier or depth == len(levels):
+            level_tokens = torch.zeros(b, keep, dtype=torch.long)
+            level_parents = torch.full((b, keep), max(frontier[0], -1), dtype=torch.long)
+            level_valid = torch.zeros(b, keep, dtype=torch.bool)
+            level_laws = torch.zeros(b, keep, v, dtype=torch.float64 if logits.dtype == torch.float64 else torch.float32)
+            next_states: list[list[_Child | None]] = []
+            for row in range(b):
+                live = [col for col, state in enumerate(states[row]) if state is not None]
+                children, q = self._beam_children(logits[row, live], [frontier[c] for c in live],
+                                                  [states[row][c] for c in live], keep, request)
+                for j, child in enumerate(children):
+                    level_tokens[row, j] = child.token
+                    level_parents[row, j] = child.parent
+                    level_valid[row, j] = True
+                    if q is not None:
+                        level_laws[row, j] = q[child.row]
+                next_states.append(children + [None] * (keep - len(children)))
+            first = tokens.shape[1]
+            frontier = list(range(first, first + keep))
+            tokens = torch.cat([tokens, level_tokens], dim=1)
+            parents = torch.cat([parents, level_parents], dim=1)
+            valid = torch.cat([valid, level_valid], dim=1)
+            if sampling:
+                laws.append(level_laws)
+            states = next_states
+            if depth == len(levels) or not bool(level_valid.any()):
                 break
-            ids = torch.tensor([tokens], dtype=torch.long, device=device)
-            logits = self._feed_frontier(ids, parents, frontier, fed, lengths, depth)
-            fed.extend(frontier)
-        self._fed = fed
-        draft_probs = torch.stack(laws)[None] if laws else None
-        return DraftTree(torch.tensor([tokens], dtype=torch.long, device=device),
-                         torch.tensor(parents, dtype=torch.long, device=device), draft_probs)
+            partial = DraftTree(tokens.to(device), parents.to(device))
+            logits = self._cache.feed(partial, frontier)
+        draft_probs = torch.cat(laws, dim=1).to(device) if laws else None
+        return DraftTree(tokens.to(device), parents.to(device), draft_probs,
+                         None if bool(valid.all()) else valid.to(device))
 
-    def commit(self, acceptance: Acceptance, tree: DraftTree) -> None:
-        keep = self._cache.mask.clone()
-        keep[:, self._context:] = False
-        slot = {node: self._context + i for i, node in enumerate(self._fed)}
-        for row, path in enumerate(acceptance.paths):
-            for node in path:
-                if node in slot:
-                    keep[row, slot[node]] = True
-        self._cache.keep(keep)
+    def commit(self, update: CommitUpdate) -> None:
+        self._cache.commit(update)
 
     def take_rows(self, rows: torch.Tensor) -> "RecursiveTree":
         out = copy.copy(self)
-        out._cache = self._cache.take_rows(rows)  # same columns, so _context and _fed still hold
+        out._cache = self._cache.take_rows(rows)
         return out
 
     def join(self, others: list["RecursiveTree"]) -> "RecursiveTree":
-        if self.method == "stochastic_beam":
-            raise NotImplementedError(
-                "stochastic_beam trees differ in shape between rows; batches (B > 1) need method='gumbel_topk'"
-            )
         out = copy.copy(self)
-        out._cache = RaggedCache.concat([self._cache] + [o._cache for o in others])
+        out._cache = DraftCache.concat([self._cache] + [o._cache for o in others])
         return out

@@ -1,0 +1,108 @@
+"""Checking what users pass in, and shaping what goes back out like ``model.generate`` does."""
+from __future__ import annotations
+
+import torch
+
+
+def check_inputs(model, input_ids, attention_mask, max_new_tokens: int, drafter) -> None:
+    """Raise a clear error for input ``generate`` cannot decode correctly."""
+    from .drafters.base import Drafter
+
+    if not isinstance(input_ids, torch.Tensor) or input_ids.dim() != 2:
+        shape = tuple(input_ids.shape) if isinstance(input_ids, torch.Tensor) else type(input_ids).__name__
+        raise ValueError(f"input_ids must be a 2D LongTensor [batch, length], got {shape}")
+    if input_ids.numel() == 0:
+        raise ValueError(f"input_ids is empty (shape {tuple(input_ids.shape)}); give at least one token per row")
+    if input_ids.dtype not in (torch.long, torch.int):
+        raise ValueError(f"input_ids must hold integer token ids, got dtype {input_ids.dtype}")
+    vocab = model.get_output_embeddings().weight.shape[0]
+    if int(input_ids.min()) < 0 or int(input_ids.max()) >= vocab:
+        raise ValueError(f"input_ids holds token ids outside the model's vocabulary [0, {vocab})")
+    if attention_mask is not None:
+        if attention_mask.shape != input_ids.shape:
+            raise ValueError(
+                f"attention_mask shape {tuple(attention_mask.shape)} does not match input_ids {tuple(input_ids.shape)}"
+            )
+        if not bool(attention_mask[:, -1].bool().all()):
+            raise ValueError("attention_mask must be left-padded: the last column must be 1 in every row")
+    limit = getattr(model.config, "max_position_embeddings", None)
+    if limit is not None and input_ids.shape[1] + max_new_tokens > limit:
+        raise ValueError(
+            f"prompt length {input_ids.shape[1]} + max_new_tokens {max_new_tokens} exceeds the model's "
+            f"context of {limit} positions"
+        )
+    if drafter is not None and not isinstance(drafter, Drafter):
+        raise TypeError(
+            f"drafter must be a specdec.drafters.Drafter (e.g. DraftModel, PromptLookup) or None, "
+            f"got {type(drafter).__name__}"
+        )
+
+
+def prompt_rows(prompts) -> list[list[int]]:
+    """``generate_pool``'s prompts as lists of token ids (from lists or 1D tensors)."""
+    if isinstance(prompts, torch.Tensor) or not isinstance(prompts, (list, tuple)) or not prompts:
+        raise ValueError("prompts must be a non-empty list of token-id lists or 1D tensors")
+    rows = []
+    for i, p in enumerate(prompts):
+        if isinstance(p, torch.Tensor):
+            if p.dim() != 1:
+                raise ValueError(f"prompt {i} must be a 1D tensor of token ids, got shape {tuple(p.shape)}")
+            p = p.tolist()
+        if not isinstance(p, (list, tuple)) or not p or not all(isinstance(t, int) for t in p):
+            raise ValueError(f"prompt {i} must be a non-empty list of int token ids")
+        rows.append(list(p))
+    return rows
+
+
+def left_padded(rows: list[list[int]], device) -> tuple[torch.Tensor, torch.Tensor]:
+    """A left-padded [B, T] tensor of token lists and its attention mask."""
+    width = max(len(r) for r in rows)
+    ids = torch.zeros(len(rows), width, dtype=torch.long)
+    mask = torch.zeros(len(rows), width, dtype=torch.long)
+    for i, r in enumerate(rows):
+        if r:
+            ids[i, width - len(r):] = torch.tensor(r)
+            mask[i, width - len(r):] = 1
+    return ids.to(device), mask.to(device)
+
+
+def eos_ids(model, eos_token_id) -> set[int]:
+    """The stop tokens: ``eos_token_id`` (an id or a list; ``[]`` for none), else the model's."""
+    if eos_token_id is None:
+        config = getattr(model, "generation_config", None)
+        eos_token_id = getattr(config, "eos_token_id", None)
+    if eos_token_id is None:
+        return set()
+    if isinstance(eos_token_id, int):
+        return {eos_token_id}
+    return {int(t) for t in eos_token_id}
+
+
+def pad_id(model, pad_token_id, eos: set[int]) -> int | None:
+    """The id that pads rows which ended early: given, the model's, else the first EOS (as transformers does)."""
+    if pad_token_id is not None:
+        return pad_token_id
+    config_pad = getattr(getattr(model, "generation_config", None), "pad_token_id", None)
+    if config_pad is not None:
+        return config_pad
+    return min(eos) if eos else None
+
+
+def assemble(input_ids: torch.Tensor, generated: list[list[int]], pad: int | None) -> torch.Tensor:
+    """Prompt plus generated tokens, rows padded after their end, as ``model.generate`` returns."""
+    width = max(len(g) for g in generated)
+    if pad is None and len({len(g) for g in generated}) > 1:
+        raise ValueError("rows ended at different lengths but no pad_token_id is known; pass pad_token_id")
+    tail = torch.full((len(generated), width), pad if pad is not None else 0, dtype=input_ids.dtype)
+    for i, g in enumerate(generated):
+        tail[i, :len(g)] = torch.tensor(g, dtype=input_ids.dtype)
+    return torch.cat([input_ids, tail.to(input_ids.device)], dim=1)
+
+
+def truncate(tokens: list[int], remaining: int, eos: set[int]) -> list[int]:
+    """Cut a step's tokens at the budget and just after the first end-of-sequence token."""
+    tokens = tokens[:remaining]
+    for i, token in enumerate(tokens):
+        if token in eos:
+            return tokens[: i + 1]
+    return tokens
