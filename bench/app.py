@@ -25,8 +25,10 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+import specdec
+
 from . import metrics, report
-from .methods import Decoding, build_method, build_specdec
+from .methods import build_method, build_specdec
 from .prompts import encode, load_prompts
 from .runner import run_prompts, warm_up
 
@@ -142,7 +144,8 @@ def run(cfg: DictConfig, method_configs: dict[str, DictConfig], out_dir: str, st
         "baseline": cfg.baseline,
         "methods": names,
         "skipped": skipped,
-        "decoding": {k: getattr(decoding, k) for k in decoding.__dataclass_fields__},
+        "decoding": {k: getattr(decoding, k) for k in decoding.__dataclass_fields__
+                     if k not in ("speculation", "typical_acceptance")},  # per-method settings
         "dataset": {"path": cfg.dataset.path, "categories": list(tables["by_category"]),
                     "per_category": cfg.dataset.per_category, "prompts": len(prompts)},
         "environment": _environment(),
@@ -159,7 +162,7 @@ def run(cfg: DictConfig, method_configs: dict[str, DictConfig], out_dir: str, st
     return document
 
 
-def _decoding(cfg: DictConfig, model, tokenizer) -> Decoding:
+def _decoding(cfg: DictConfig, model, tokenizer) -> specdec.DecodeConfig:
     """Budget, sampling and stopping rule shared by every method (eos from the model's config)."""
     gen = getattr(model, "generation_config", None)
     eos = getattr(gen, "eos_token_id", None)
@@ -168,7 +171,7 @@ def _decoding(cfg: DictConfig, model, tokenizer) -> Decoding:
     pad = pad if pad is not None else (tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos)
     if isinstance(pad, list):
         pad = pad[0]
-    return Decoding(max_new_tokens=int(cfg.max_new_tokens), do_sample=bool(cfg.do_sample),
+    return specdec.DecodeConfig(max_new_tokens=int(cfg.max_new_tokens), do_sample=bool(cfg.do_sample),
                     temperature=float(cfg.temperature), top_k=int(cfg.top_k), top_p=float(cfg.top_p),
                     eos_token_id=eos, pad_token_id=pad, seed=cfg.seed)
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import time
-from dataclasses import dataclass
 from typing import Protocol
 
 import torch
@@ -19,44 +18,26 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 import specdec
-from specdec import DecodeStats
+from specdec import DecodeConfig, DecodeStats
 from specdec.drafters import Drafter
 
 TARGET_PLACEHOLDER = "???"  # a config field left missing receives the target model
 
 
-@dataclass(frozen=True)
-class Decoding:
-    """What every method is asked to do: the same budget, stopping rule and sampling law."""
-
-    max_new_tokens: int
-    do_sample: bool = False
-    temperature: float = 1.0
-    top_k: int = 0
-    top_p: float = 1.0
-    eos_token_id: int | list[int] | None = None
-    pad_token_id: int | None = None
-    seed: int | None = 0
-
-    def hf_kwargs(self) -> dict:
-        """Keyword arguments for ``model.generate``; sampling flags only when sampling."""
-        kwargs = dict(max_new_tokens=self.max_new_tokens, do_sample=self.do_sample,
-                      eos_token_id=self.eos_token_id, pad_token_id=self.pad_token_id)
-        if self.do_sample:  # HF's own default top_k is 50: say 0 explicitly, as specdec means it
-            kwargs.update(temperature=self.temperature, top_k=self.top_k, top_p=self.top_p)
-        return kwargs
-
-    def specdec_kwargs(self) -> dict:
-        return dict(max_new_tokens=self.max_new_tokens, do_sample=self.do_sample,
-                    temperature=self.temperature, top_k=self.top_k, top_p=self.top_p,
-                    eos_token_id=self.eos_token_id, pad_token_id=self.pad_token_id, seed=self.seed)
+def hf_kwargs(decoding: DecodeConfig) -> dict:
+    """Keyword arguments for ``model.generate`` asking what ``decoding`` asks; sampling flags only when sampling."""
+    kwargs = dict(max_new_tokens=decoding.max_new_tokens, do_sample=decoding.do_sample,
+                  eos_token_id=decoding.eos_token_id, pad_token_id=decoding.pad_token_id)
+    if decoding.do_sample:  # HF's own default top_k is 50: say 0 explicitly, as specdec means it
+        kwargs.update(temperature=decoding.temperature, top_k=decoding.top_k, top_p=decoding.top_p)
+    return kwargs
 
 
 class Method(Protocol):
     """One way of decoding.  ``seconds`` is the wall time of the call (perf_counter)."""
 
     name: str
-    decoding: Decoding  # read at every run, so the warm-up may shorten the budget
+    decoding: DecodeConfig  # read at every run, so the warm-up may shorten the budget
 
     def run(self, model: torch.nn.Module, input_ids: torch.Tensor) -> tuple[torch.Tensor, DecodeStats | None, float]:
         ...
@@ -65,7 +46,7 @@ class Method(Protocol):
 class HFGenerate:
     """Hugging Face ``model.generate`` with ``extra`` generation arguments (none: the baseline)."""
 
-    def __init__(self, name: str, decoding: Decoding, **extra):
+    def __init__(self, name: str, decoding: DecodeConfig, **extra):
         self.name = name
         self.decoding = decoding
         self.extra = extra
@@ -76,7 +57,7 @@ class HFGenerate:
         with torch.inference_mode():
             start = time.perf_counter()
             sequences = model.generate(input_ids, attention_mask=torch.ones_like(input_ids),
-                                       **self.decoding.hf_kwargs(), **self.extra)
+                                       **hf_kwargs(self.decoding), **self.extra)
             seconds = time.perf_counter() - start
         return sequences, None, seconds
 
@@ -84,7 +65,7 @@ class HFGenerate:
 class HFPromptLookup(HFGenerate):
     """Hugging Face prompt lookup decoding (``prompt_lookup_num_tokens``)."""
 
-    def __init__(self, name: str, decoding: Decoding, num_tokens: int = 10, max_ngram: int = 3):
+    def __init__(self, name: str, decoding: DecodeConfig, num_tokens: int = 10, max_ngram: int = 3):
         super().__init__(name, decoding, prompt_lookup_num_tokens=int(num_tokens),
                          max_matching_ngram_size=int(max_ngram))
 
@@ -97,7 +78,7 @@ class HFAssisted(HFGenerate):
     (transformers' defaults are 20 tokens and a 0.4 threshold, tuned on the fly).
     """
 
-    def __init__(self, name: str, decoding: Decoding, assistant: Drafter, num_tokens: int | None = None):
+    def __init__(self, name: str, decoding: DecodeConfig, assistant: Drafter, num_tokens: int | None = None):
         model = getattr(assistant, "model", None)
         if model is None:
             raise TypeError(f"{name}: the assistant must be a drafter with a .model (DraftModel), "
@@ -115,7 +96,7 @@ class HFAssisted(HFGenerate):
 class Specdec:
     """``specdec.generate`` with one drafter (None: plain decoding through specdec's loop)."""
 
-    def __init__(self, name: str, decoding: Decoding, drafter: Drafter | None = None, speculation=None,
+    def __init__(self, name: str, decoding: DecodeConfig, drafter: Drafter | None = None, speculation=None,
                  **generate_kwargs):
         self.name = name
         self.decoding = decoding
@@ -126,8 +107,8 @@ class Specdec:
     def run(self, model, input_ids):
         with torch.inference_mode():
             start = time.perf_counter()
-            out = specdec.generate(model, input_ids, drafter=self.drafter, speculation=self.speculation,
-                                   **self.decoding.specdec_kwargs(), **self.generate_kwargs)
+            out = specdec.generate(model, input_ids, self.drafter, config=self.decoding,
+                                   speculation=self.speculation, **self.generate_kwargs)
             seconds = time.perf_counter() - start
         return out.sequences, out.stats, seconds
 
@@ -146,7 +127,7 @@ def instantiate_with_target(cfg: DictConfig, target_model: torch.nn.Module, **kw
     return instantiate(fill(container), **kwargs)
 
 
-def build_specdec(name: str, drafter_cfg: DictConfig, target_model, decoding: Decoding) -> Specdec:
+def build_specdec(name: str, drafter_cfg: DictConfig, target_model, decoding: DecodeConfig) -> Specdec:
     """A specdec method from a ``configs/drafter/`` config (``_target_: null`` is no drafter).
 
     A ``generate:`` mapping in the config is not part of the drafter: it holds extra keyword
@@ -163,7 +144,7 @@ def build_specdec(name: str, drafter_cfg: DictConfig, target_model, decoding: De
     return Specdec(name, decoding, drafter, **extra)
 
 
-def build_method(name: str, method_cfg: DictConfig, target_model, decoding: Decoding) -> Method:
+def build_method(name: str, method_cfg: DictConfig, target_model, decoding: DecodeConfig) -> Method:
     """A method from a ``configs/method/`` config: its class gets ``name`` and ``decoding``."""
     factory = instantiate_with_target(method_cfg, target_model, _partial_=True)
     return factory(name=name, decoding=decoding)

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import torch
 
+from specdec.chat import encode_chat
+
 PACKAGED = Path(__file__).resolve().parent / "prompts"
 
 
@@ -48,8 +50,5 @@ def load_prompts(path: str | Path | None = None, categories: list[str] | None = 
 
 
 def encode(tokenizer, messages: list) -> torch.Tensor:
-    """Token ids ``[1, T]`` of a chat, generation prompt included."""
-    ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=False)
-    if hasattr(ids, "keys"):  # some tokenizers return a BatchEncoding whatever return_dict says
-        ids = ids["input_ids"]
-    return torch.tensor([list(ids)], dtype=torch.long)
+    """Token ids ``[1, T]`` of a chat, generation prompt included (:func:`specdec.chat.encode_chat`)."""
+    return encode_chat(tokenizer, messages)

@@ -262,6 +262,16 @@ def greedy_targets(tree: DraftTree, verification: Verification) -> torch.Tensor:
     targets[:, 0] = verification.logits_at(torch.zeros(1, dtype=torch.long, device=device))[:, 0].argmax(-1)
     if n == 0:
         return targets
+    if tree.is_chain:  # slot d's argmax is needed while a row still matches up to node d
+        alive = tree.node_valid.clone()  # [B, N]: node d and every node before it match
+        alive[:, 0] &= tree.tokens[:, 0] == targets[:, 0]
+        for slot in range(1, n + 1):
+            if not bool(alive[:, slot - 1].any()):
+                break
+            targets[:, slot] = verification.logits_at(torch.tensor([slot], device=device))[:, 0].argmax(-1)
+            if slot < n:
+                alive[:, slot] &= alive[:, slot - 1] & (tree.tokens[:, slot] == targets[:, slot])
+        return targets
     slots = tree.parent_slots
     valid = tree.node_valid
     reached = torch.zeros(b, n, dtype=torch.bool, device=device)

@@ -132,11 +132,12 @@ def test_a_drafter_config_may_carry_generate_options():
     """``generate:`` in a drafter config goes to specdec.generate (e.g. lossy typical acceptance), not the drafter."""
     from omegaconf import OmegaConf
 
-    from specdec.bench.methods import Decoding, build_specdec
+    from specdec import DecodeConfig
+    from specdec.bench.methods import build_specdec
     from specdec.drafters import PromptLookup
 
     cfg = OmegaConf.create({"_target_": "specdec.drafters.PromptLookup", "num_tokens": 3,
                             "generate": {"typical_acceptance": [0.1, 0.2]}})
-    method = build_specdec("specdec_x", cfg, None, Decoding(max_new_tokens=4))
+    method = build_specdec("specdec_x", cfg, None, DecodeConfig(max_new_tokens=4))
     assert isinstance(method.drafter, PromptLookup) and method.drafter.num_tokens == 3
     assert method.generate_kwargs == {"typical_acceptance": [0.1, 0.2]}

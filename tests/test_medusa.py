@@ -152,3 +152,49 @@ def test_typical_acceptance_is_opt_in_and_lossy():
     assert max(abs(law.get(s, 0.0) - p) for s, p in expected.items()) > 1e-3
     with pytest.raises(ValueError, match="typical_acceptance"):
         specdec.generate(model, PROMPT, drafter, typical_acceptance=(2.0, 0.1), **kwargs)
+
+
+class OracleHeads(MedusaHeads):
+    """Heads that know the reference continuation: from the target's state at token t, head j
+    names token t + 2 + j.  Fed any other slot's state they guess wrong, so full acceptance
+    proves the engine hands Medusa the state before each row's root."""
+
+    def __init__(self, hidden_states: torch.Tensor, tokens: list[int], vocab: int, num_heads: int):
+        super().__init__(hidden_states.shape[-1], num_heads)
+        self.states, self.tokens, self.vocab = hidden_states, tokens, vocab
+
+    def forward(self, hidden, lm_head):
+        out = torch.full((self.num_heads, hidden.shape[0], self.vocab), -1e9, dtype=hidden.dtype)
+        for row, h in enumerate(hidden):
+            t = int((self.states - h).abs().amax(dim=-1).argmin())
+            for j in range(self.num_heads):
+                if t + 2 + j < len(self.tokens):
+                    out[j, row, self.tokens[t + 2 + j]] = 0.0
+        return out
+
+
+@pytest.mark.parametrize("batch", [1, 3])
+def test_heads_reading_the_right_slot_accept_everything(target, batch):
+    """Heads that predict the known future from the state before the root get every draft accepted."""
+    rows = prompts(4, seed=13)[1:1 + batch]  # prompts of 2, 5 and 11 tokens: the prefill has a state
+    ids, mask, expected = expected_batch(target, rows, 24, None, PAD)
+    heads = []
+    for r, row in enumerate(rows):
+        tokens = row + expected[r, ids.shape[1]:].tolist()
+        with torch.no_grad():
+            states = target.get_decoder()(torch.tensor([tokens])).last_hidden_state[0]
+        heads.append(OracleHeads(states, tokens, VOCAB, 3))
+
+    class PerRow(MedusaHeads):  # row r's oracle for row r
+        def __init__(self):
+            super().__init__(heads[0].hidden_size, 3)
+
+        def forward(self, hidden, lm_head):
+            return torch.cat([h(hidden[r:r + 1], lm_head) for r, h in enumerate(heads)], dim=1)
+
+    drafter = drafters.Medusa(PerRow(), [(0,), (0, 0), (0, 0, 0)])
+    out = specdec.generate(target, ids, drafter, attention_mask=mask, max_new_tokens=24, eos_token_id=[],
+                           pad_token_id=PAD)
+    assert torch.equal(out.sequences, expected)
+    # every step, the first (with the prefill's state) included, accepts its 3 drafts and a bonus token
+    assert dict(out.stats.accepted_histogram) == {3: 6 * batch} and out.stats.steps == 6

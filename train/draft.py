@@ -180,8 +180,8 @@ def measure(model, tokenizer, folder: Path, prompts: list, max_new_tokens: int, 
     """
     import specdec
     from specdec import drafters
-    from specdec.bench.draft_cost import step_seconds
-    from specdec.bench.prompts import encode
+    from specdec.measure import step_seconds
+    from specdec.chat import encode_chat as encode
     from specdec.stats import DecodeStats
 
     draft = drafters.load_draft_model(model, folder)
@@ -260,7 +260,10 @@ def main(cfg: DictConfig) -> None:
     if count:  # held-out prompts: the corpus prompts whose answers are the valid split's
         from .corpus import training_prompts
 
-        card["measured"] = measure(model, tokenizer, folder, training_prompts(len(sequences))[-count:],
+        data_file = work / "data.json"  # the seed self_distill drew its prompts with
+        data_info = json.loads(data_file.read_text()) if data_file.is_file() else {}
+        seed = int(data_info.get("config", {}).get("seed", 0))
+        card["measured"] = measure(model, tokenizer, folder, training_prompts(len(sequences), seed)[-count:],
                                    int(cfg.measure.max_new_tokens), int(cfg.measure.num_tokens))
         (folder / "card.json").write_text(json.dumps(card, indent=2) + "\n", encoding="utf-8")
     log.info("exported %s: %s, measured %s", folder, final, card.get("measured"))

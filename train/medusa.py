@@ -121,7 +121,7 @@ def measure_acceptance(model, tokenizer, folder: Path, prompts: list, max_new_to
     """Mean accepted tokens of the exported heads with specdec (greedy) on held-out prompts."""
     import specdec
     from specdec import drafters
-    from specdec.bench.prompts import encode
+    from specdec.chat import encode_chat as encode
 
     drafter = drafters.Medusa.from_pretrained(folder, model)
     tokens = steps = 0
@@ -182,7 +182,8 @@ def main(cfg: DictConfig) -> None:
     # acceptance on the held-out prompts: the distilled prompts whose answers are in the valid split
     held_out = features_info["splits"]["valid"]["sequences"]
     count = min(int(cfg.measure.prompts), held_out)
-    valid_prompts = training_prompts(int(data_info["prompts"]))[-count:] if count and data_info else []
+    seed = int(data_info.get("config", {}).get("seed", 0))  # the prompts self_distill answered
+    valid_prompts = training_prompts(int(data_info["prompts"]), seed)[-count:] if count and data_info else []
     if valid_prompts:
         card["measured"] = measure_acceptance(model, tokenizer, folder, valid_prompts, int(cfg.measure.max_new_tokens))
         (folder / "card.json").write_text(json.dumps(card, indent=2) + "\n", encoding="utf-8")

@@ -18,7 +18,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 import specdec
-from specdec.bench.prompts import encode
+from specdec.chat import encode_chat as encode
 
 from .corpus import training_prompts
 
