@@ -3,7 +3,7 @@
 Greedy output is identical, token for token, to the target's own greedy ``generate``;
 sampled output is distributed exactly as the target's.  Anything lossy is opt-in.
 """
-from . import drafters
+from . import chat, drafters
 from .acceptance import Acceptance
 from .config import DecodeConfig
 from .engine import GenerateOutput, generate
@@ -17,6 +17,6 @@ from .tree import DraftTree
 
 __all__ = [
     "Acceptance", "DecodeConfig", "DecodeStats", "DraftTree", "FixedLength", "GenerateOutput", "PoolOutput",
-    "SamplingConfig", "SpeculationPlan", "SpeculationPolicy", "StepContext", "StepReport", "Target", "drafters",
+    "SamplingConfig", "SpeculationPlan", "SpeculationPolicy", "StepContext", "StepReport", "Target", "chat", "drafters",
     "generate", "generate_pool", "load_model",
 ]
