@@ -6,5 +6,6 @@ from .medusa import Medusa
 from .prompt_lookup import NgramIndex, PromptLookup, lookup_continuation
 from .recursive_tree import RecursiveTree
 from .self_draft import truncated_model
+from .vocab import SubsetHead, with_subset_head
 
-__all__ = ["CommitUpdate", "Drafter", "DraftCache", "DraftRequest", "DraftModel", "Medusa", "PromptLookup", "RecursiveTree", "load_draft_model", "NgramIndex", "lookup_continuation", "truncated_model"]
+__all__ = ["CommitUpdate", "Drafter", "DraftCache", "DraftRequest", "DraftModel", "Medusa", "PromptLookup", "RecursiveTree", "load_draft_model", "NgramIndex", "lookup_continuation", "truncated_model", "SubsetHead", "with_subset_head"]

@@ -120,11 +120,11 @@ class Drafter(abc.ABC):
 
 
 def output_vocab_size(model: torch.nn.Module) -> int:
-    """Rows of a causal LM's output embedding (its logits' width)."""
+    """Width of a causal LM's logits: its full vocabulary, also when the head is a subset head."""
     head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
     if head is None:
         raise TypeError(f"{type(model).__name__} has no output embedding; expected a causal LM")
-    return head.weight.shape[0]
+    return int(getattr(head, "vocab_size", None) or head.weight.shape[0])
 
 
 def check_same_vocabulary(draft_model: torch.nn.Module, target_model: torch.nn.Module) -> None:
