@@ -26,9 +26,27 @@ PROMPT = ("Summarise the following notes in three sentences.\n\n" +
 
 @contextlib.contextmanager
 def forward_timer(modules: dict[str, torch.nn.Module]):
-    """Accumulated seconds of every forward of each named module (outermost calls only)."""
+    """Accumulated seconds of every forward of each named module (outermost calls only).
+
+    Output heads that specdec applies itself (``specdec.head.project``, which may bypass the
+    module's forward) are timed too, under the name of the head module given.
+    """
+    import specdec.head as head_module
+
     totals = {name: 0.0 for name in modules}
     handles, starts = [], {}
+    names = {id(module): name for name, module in modules.items()}
+    original = head_module.project
+
+    def timed_project(head, hidden):
+        name = names.get(id(head))
+        before = totals.get(name)
+        started = time.perf_counter()
+        out = original(head, hidden)
+        if name is not None and totals[name] == before:  # the module's own forward hook did not count it
+            totals[name] += time.perf_counter() - started
+        return out
+    head_module.project = timed_project
 
     for name, module in modules.items():
         def pre(mod, args, kwargs=None, name=name):
@@ -43,20 +61,23 @@ def forward_timer(modules: dict[str, torch.nn.Module]):
     try:
         yield totals
     finally:
+        head_module.project = original
         for handle in handles:
             handle.remove()
 
 
 def build(name: str, model, draft_path: str | None):
+    """The drafter for method ``name``, and the draft model's modules to time (backbone, head)."""
     if name == "none":
-        return None, None
+        return None, {}
     if name == "prompt_lookup":
-        return drafters.PromptLookup(num_tokens=10, max_ngram=3), None
+        return drafters.PromptLookup(num_tokens=10, max_ngram=3), {}
     draft = drafters.load_draft_model(model, draft_path, self_draft_layers=4)
+    modules = {"draft_backbone": draft.get_decoder(), "draft_head": draft.get_output_embeddings()}
     if name == "draft_model":
-        return drafters.DraftModel(draft, num_tokens=4), draft
+        return drafters.DraftModel(draft, num_tokens=4), modules
     if name == "rsd_gumbel":
-        return drafters.RecursiveTree(draft, (2, 2, 2, 2), method="gumbel_topk", max_nodes=4), draft
+        return drafters.RecursiveTree(draft, (2, 2, 2, 2), method="gumbel_topk", max_nodes=4), modules
     raise ValueError(f"unknown method {name!r}")
 
 
@@ -83,11 +104,8 @@ def main() -> None:
             names = list(methods)
             names = names[repeat % len(names):] + names[:repeat % len(names)]
             for name in names:
-                drafter, draft = methods[name]
-                modules = dict(timed)
-                if draft is not None:
-                    modules["draft"] = draft
-                with forward_timer(modules) as totals:
+                drafter, draft_modules = methods[name]
+                with forward_timer({**timed, **draft_modules}) as totals:
                     out = specdec.generate(model, ids, drafter, max_new_tokens=args.max_new_tokens, eos_token_id=[])
                 stats = out.stats
                 steps = stats.steps
@@ -95,7 +113,7 @@ def main() -> None:
                 # the prefill is one backbone forward outside the steps: take it out of both sides
                 loop_ms = (stats.total_seconds - stats.prefill_seconds) * 1e3
                 prefill_forward_ms = stats.prefill_seconds * 1e3
-                draft_ms = totals.get("draft", 0.0) * 1e3
+                draft_ms = (totals.get("draft_backbone", 0.0) + totals.get("draft_head", 0.0)) * 1e3
                 samples[name].append({
                     "step_ms": loop_ms / steps,
                     "target_forward_ms": (target_ms - prefill_forward_ms) / steps,

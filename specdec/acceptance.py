@@ -262,16 +262,8 @@ def greedy_targets(tree: DraftTree, verification: Verification) -> torch.Tensor:
     targets[:, 0] = verification.logits_at(torch.zeros(1, dtype=torch.long, device=device))[:, 0].argmax(-1)
     if n == 0:
         return targets
-    if tree.is_chain:  # slot d's argmax is needed while a row still matches up to node d
-        alive = tree.node_valid.clone()  # [B, N]: node d and every node before it match
-        alive[:, 0] &= tree.tokens[:, 0] == targets[:, 0]
-        for slot in range(1, n + 1):
-            if not bool(alive[:, slot - 1].any()):
-                break
-            targets[:, slot] = verification.logits_at(torch.tensor([slot], device=device))[:, 0].argmax(-1)
-            if slot < n:
-                alive[:, slot] &= alive[:, slot - 1] & (tree.tokens[:, slot] == targets[:, slot])
-        return targets
+    if tree.is_chain:
+        return _greedy_chain_targets(tree, verification, targets)
     slots = tree.parent_slots
     valid = tree.node_valid
     reached = torch.zeros(b, n, dtype=torch.bool, device=device)
@@ -285,4 +277,24 @@ def greedy_targets(tree: DraftTree, verification: Verification) -> torch.Tensor:
         if need.numel() == 0:
             break
         targets[:, need + 1] = verification.logits_at(need + 1).argmax(-1)
+    return targets
+
+
+def _greedy_chain_targets(tree: DraftTree, verification: Verification, targets: torch.Tensor) -> torch.Tensor:
+    """Greedy targets along chains: slot d's argmax is needed while some row matches up to node d.
+
+    Slots are computed in chunks of 1, 1, 2, 4, ... while rows keep matching: a rejected first
+    draft costs one row of the head, an accepted long chain a few head calls, not one per slot.
+    """
+    n = tree.num_nodes
+    device = targets.device
+    alive = tree.node_valid.clone()  # [B, N]: node d and every node before it match
+    alive[:, 0] &= tree.tokens[:, 0] == targets[:, 0]
+    slot, chunk = 1, 1
+    while slot <= n and bool(alive[:, slot - 1].any()):
+        stop = min(n + 1, slot + chunk)
+        targets[:, slot:stop] = verification.logits_at(torch.arange(slot, stop, device=device)).argmax(-1)
+        for s in range(slot, min(stop, n)):
+            alive[:, s] &= alive[:, s - 1] & (tree.tokens[:, s] == targets[:, s])
+        slot, chunk = stop, chunk * 2 if slot > 1 else 1
     return targets

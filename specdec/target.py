@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 import torch
 
+from . import head as output_head
 from .kv import RaggedCache
 from .tree import DraftTree
 
@@ -38,15 +39,15 @@ class Verification:
 
     def logits_at(self, slots: torch.Tensor) -> torch.Tensor:
         """Logits [B, S, V] at the slots ``slots`` [S]."""
-        logits = self.head(self.hidden[:, slots])
-        if self.softcap:
-            logits = torch.tanh(logits / self.softcap) * self.softcap
-        return logits
+        return self._project(self.hidden[:, slots])
 
     @property
     def logits(self) -> torch.Tensor:
         """[B, 1+N, V] logits at every slot."""
-        logits = self.head(self.hidden)
+        return self._project(self.hidden)
+
+    def _project(self, hidden: torch.Tensor) -> torch.Tensor:
+        logits = output_head.project(self.head, hidden)
         if self.softcap:
             logits = torch.tanh(logits / self.softcap) * self.softcap
         return logits

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import torch
 
+from ..head import logits as head_logits
 from ..kv import RaggedCache
 from ..tree import DraftTree, additive_mask
 from .base import CommitUpdate
@@ -30,10 +31,12 @@ class DraftCache:
         return next(self.model.parameters()).dtype
 
     def _forward(self, tokens, real, positions, mask, logits_to_keep: int) -> torch.Tensor:
-        out = self.model(input_ids=tokens, attention_mask=mask, position_ids=positions,
-                         past_key_values=self.kv.kv, use_cache=True, logits_to_keep=logits_to_keep)
+        """The draft's logits at the last ``logits_to_keep`` columns (0: all) of one forward over ``tokens``."""
+        out = self.model.get_decoder()(input_ids=tokens, attention_mask=mask, position_ids=positions,
+                                       past_key_values=self.kv.kv, use_cache=True)
         self.kv.appended(real)
-        return out.logits
+        hidden = out.last_hidden_state
+        return head_logits(self.model, hidden[:, -logits_to_keep:] if logits_to_keep else hidden)
 
     @torch.no_grad()
     def catch_up(self) -> torch.Tensor:
