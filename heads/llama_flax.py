@@ -4,7 +4,18 @@ RMSNorm, rotary positions (Hugging Face's default rotate-half layout), grouped-q
 and a SwiGLU MLP, sized by :class:`DraftConfig`.  :func:`export_hf` writes a directory that
 ``transformers.LlamaForCausalLM.from_pretrained`` loads with no custom code (config.json +
 model.safetensors), so any engine that takes a Hugging Face draft model can use it;
-:func:`import_hf` reads such a directory (or a torch state dict) back into Flax parameters.
+:func:`from_hf_state_dict` reads such weights back into Flax parameters.
+
+Two options make a draft cheap for a large-vocabulary target (the draft-v2 layout,
+:func:`export_reduced`, loaded by ``specdec.drafters.load_draft_model``):
+
+* ``embed_dim`` (the target's hidden size): token embeddings are the *target's* embeddings
+  projected by ``embed_projection`` [embed_dim -> hidden]; the caller passes the target's
+  embedding rows as ``inputs_embeds``, so the draft stores no embedding table of its own.
+* ``draft_vocab_size`` V': the output head projects onto V' tokens only (a reduced draft
+  vocabulary; the map to target ids ships with the weights).
+
+``positions`` and ``segment_ids`` let one row hold several packed sequences.
 """
 from __future__ import annotations
 
@@ -32,6 +43,8 @@ class DraftConfig:
     tie_word_embeddings: bool = True
     bos_token_id: int | None = None
     eos_token_id: int | list[int] | None = None
+    embed_dim: int | None = None  # set: embeddings are the target's (this wide), projected
+    draft_vocab_size: int | None = None  # set: the head projects onto this many tokens (untied)
 
     def __post_init__(self):
         if self.hidden_size % self.num_attention_heads:
@@ -122,24 +135,44 @@ class LlamaDraft(nn.Module):
     config: DraftConfig
 
     @nn.compact
-    def __call__(self, input_ids, attention_mask=None, at=None):
-        """Logits [B, T, V]; with ``at`` [B, A] (positions), only the logits there [B, A, V]."""
+    def __call__(self, input_ids, attention_mask=None, at=None, inputs_embeds=None, positions=None,
+                 segment_ids=None):
+        """Logits [B, T, V] (V' with a reduced vocabulary); with ``at`` [B, A] (positions), only there [B, A, V].
+
+        ``inputs_embeds`` [B, T, embed_dim]: the target's embedding rows of ``input_ids`` (required
+        with ``embed_dim``).  ``positions`` [B, T] and ``segment_ids`` [B, T] (0 = padding) describe
+        packed rows: tokens attend causally within their own segment only.
+        """
         c = self.config
         if attention_mask is None:
             attention_mask = jnp.ones_like(input_ids)
-        embed = nn.Embed(c.vocab_size, c.hidden_size, name="embed_tokens", embedding_init=nn.initializers.normal(0.02))
-        x = embed(input_ids)
-        positions = jnp.clip(jnp.cumsum(attention_mask, axis=-1) - 1, 0)
+        embed = None
+        if c.embed_dim is not None:
+            if inputs_embeds is None:
+                raise ValueError("this draft projects the target's embeddings: pass inputs_embeds")
+            x = nn.Dense(c.hidden_size, use_bias=False, name="embed_projection",
+                         kernel_init=nn.initializers.normal(0.02))(inputs_embeds)
+        else:
+            embed = nn.Embed(c.vocab_size, c.hidden_size, name="embed_tokens",
+                             embedding_init=nn.initializers.normal(0.02))
+            x = embed(input_ids)
+        if positions is None:
+            positions = jnp.clip(jnp.cumsum(attention_mask, axis=-1) - 1, 0)
         cos, sin = rotary(positions, c.head_dim, c.rope_theta)
         t = input_ids.shape[1]
         causal = jnp.tril(jnp.ones((t, t), dtype=bool))
         mask = causal[None] & attention_mask.astype(bool)[:, None, :]
+        if segment_ids is not None:
+            mask &= segment_ids[:, :, None] == segment_ids[:, None, :]
         for i in range(c.num_hidden_layers):
             x = DecoderLayer(c, name=f"layers_{i}")(x, cos, sin, mask)
         x = RMSNorm(c.rms_norm_eps, name="norm")(x)
         if at is not None:  # the output head over a large vocabulary is the costly part: only where asked
             x = jnp.take_along_axis(x, at[..., None], axis=1)
-        if c.tie_word_embeddings:
+        if c.draft_vocab_size is not None:
+            return nn.Dense(c.draft_vocab_size, use_bias=False, name="lm_head",
+                            kernel_init=nn.initializers.normal(0.02))(x)
+        if c.tie_word_embeddings and embed is not None:
             return embed.attend(x)
         return nn.Dense(c.vocab_size, use_bias=False, name="lm_head", kernel_init=nn.initializers.normal(0.02))(x)
 
@@ -151,8 +184,11 @@ _LINEAR = {"self_attn": ("q_proj", "k_proj", "v_proj", "o_proj"), "mlp": ("gate_
 def to_hf_state_dict(params, config: DraftConfig) -> dict[str, np.ndarray]:
     """Flax parameters as a ``LlamaForCausalLM`` state dict (numpy float32, torch's [out, in] layout)."""
     p = jax.device_get(params)
-    out = {"model.embed_tokens.weight": np.asarray(p["embed_tokens"]["embedding"], np.float32),
-           "model.norm.weight": np.asarray(p["norm"]["weight"], np.float32)}
+    out = {"model.norm.weight": np.asarray(p["norm"]["weight"], np.float32)}
+    if "embed_tokens" in p:
+        out["model.embed_tokens.weight"] = np.asarray(p["embed_tokens"]["embedding"], np.float32)
+    if "embed_projection" in p:
+        out["embed_projection.weight"] = np.asarray(p["embed_projection"]["kernel"], np.float32).T.copy()
     for i in range(config.num_hidden_layers):
         layer = p[f"layers_{i}"]
         prefix = f"model.layers.{i}."
@@ -161,7 +197,7 @@ def to_hf_state_dict(params, config: DraftConfig) -> dict[str, np.ndarray]:
                 out[f"{prefix}{block}.{name}.weight"] = np.asarray(layer[block][name]["kernel"], np.float32).T.copy()
         for norm in ("input_layernorm", "post_attention_layernorm"):
             out[f"{prefix}{norm}.weight"] = np.asarray(layer[norm]["weight"], np.float32)
-    if not config.tie_word_embeddings:
+    if not config.tie_word_embeddings or config.draft_vocab_size is not None:
         out["lm_head.weight"] = np.asarray(p["lm_head"]["kernel"], np.float32).T.copy()
     return out
 
@@ -169,7 +205,11 @@ def to_hf_state_dict(params, config: DraftConfig) -> dict[str, np.ndarray]:
 def from_hf_state_dict(state: dict, config: DraftConfig) -> dict:
     """Flax parameters from a ``LlamaForCausalLM`` state dict (numpy or torch values)."""
     get = lambda key: jnp.asarray(np.asarray(_numpy(state[key]), np.float32))  # noqa: E731
-    params = {"embed_tokens": {"embedding": get("model.embed_tokens.weight")}, "norm": {"weight": get("model.norm.weight")}}
+    params = {"norm": {"weight": get("model.norm.weight")}}
+    if config.embed_dim is not None:
+        params["embed_projection"] = {"kernel": get("embed_projection.weight").T}
+    else:
+        params["embed_tokens"] = {"embedding": get("model.embed_tokens.weight")}
     for i in range(config.num_hidden_layers):
         prefix = f"model.layers.{i}."
         layer = {block: {name: {"kernel": get(f"{prefix}{block}.{name}.weight").T} for name in names}
@@ -177,7 +217,7 @@ def from_hf_state_dict(state: dict, config: DraftConfig) -> dict:
         for norm in ("input_layernorm", "post_attention_layernorm"):
             layer[norm] = {"weight": get(f"{prefix}{norm}.weight")}
         params[f"layers_{i}"] = layer
-    if not config.tie_word_embeddings:
+    if not config.tie_word_embeddings or config.draft_vocab_size is not None:
         params["lm_head"] = {"kernel": get("lm_head.weight").T}
     return params
 
@@ -185,8 +225,10 @@ def from_hf_state_dict(state: dict, config: DraftConfig) -> dict:
 def hf_config(config: DraftConfig):
     from transformers import LlamaConfig
 
-    return LlamaConfig(**{k: v for k, v in asdict(config).items()}, head_dim=config.head_dim,
-                       attention_bias=False, mlp_bias=False, hidden_act="silu")
+    fields = {k: v for k, v in asdict(config).items() if k not in ("embed_dim", "draft_vocab_size")}
+    if config.draft_vocab_size is not None:
+        fields["tie_word_embeddings"] = False  # the full-vocabulary embedding and the subset head are apart
+    return LlamaConfig(**fields, head_dim=config.head_dim, attention_bias=False, mlp_bias=False, hidden_act="silu")
 
 
 def export_hf(params, config: DraftConfig, folder: str | Path, dtype: str = "bfloat16", extra: dict | None = None) -> Path:
@@ -204,6 +246,36 @@ def export_hf(params, config: DraftConfig, folder: str | Path, dtype: str = "bfl
     tensors = {k: torch.from_numpy(np.array(v)).to(torch_dtype).contiguous()
                for k, v in to_hf_state_dict(params, config).items()}
     save_file(tensors, str(folder / "model.safetensors"), metadata={"format": "pt"})
+    if extra:
+        (folder / "card.json").write_text(json.dumps(extra, indent=2) + "\n", encoding="utf-8")
+    return folder
+
+
+def export_reduced(params, config: DraftConfig, token_ids, folder: str | Path, dtype: str = "bfloat16",
+                   extra: dict | None = None) -> Path:
+    """Write a draft-v2 directory: ``config.json`` (a LlamaConfig over the full vocabulary) and
+    ``draft.safetensors``: the backbone in Hugging Face names, ``embed_projection.weight`` [hidden,
+    embed_dim], ``lm_head.weight`` [V', hidden] and ``lm_head.token_ids`` [V'] (target ids)."""
+    import torch
+    from safetensors.torch import save_file
+
+    if config.embed_dim is None or config.draft_vocab_size is None:
+        raise ValueError("export_reduced is for drafts with embed_dim and draft_vocab_size set")
+    token_ids = np.asarray(token_ids, np.int64)
+    if token_ids.shape != (config.draft_vocab_size,):
+        raise ValueError(f"{len(token_ids)} token ids for a head of {config.draft_vocab_size} rows")
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    hf = hf_config(config)
+    hf.torch_dtype = dtype
+    hf.architectures = ["LlamaForCausalLM"]
+    hf.save_pretrained(folder)
+    torch_dtype = getattr(torch, dtype)
+    tensors = {k: torch.from_numpy(np.array(v)).to(torch_dtype).contiguous()
+               for k, v in to_hf_state_dict(params, config).items()}
+    tensors["lm_head.token_ids"] = torch.from_numpy(token_ids)
+    tensors["embed_projection.in_features"] = torch.tensor([config.embed_dim])
+    save_file(tensors, str(folder / "draft.safetensors"), metadata={"format": "pt", "kind": "specdec-draft-v2"})
     if extra:
         (folder / "card.json").write_text(json.dumps(extra, indent=2) + "\n", encoding="utf-8")
     return folder

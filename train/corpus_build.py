@@ -127,16 +127,13 @@ def bench_texts() -> list[str]:
     Their system messages are left out: the RAG instruction is the standard one that the corpus's own RAG
     prompts use on purpose; it carries no evaluation content.
     """
-    import json
-    from importlib import resources
+    from .measure import bench_prompt_files  # the packaged prompt files: data, not benchmark code
 
-    folder = resources.files("specdec.bench.prompts")  # the packaged prompt files: data, not benchmark code
     texts = []
-    for entry in sorted(folder.iterdir(), key=lambda e: e.name):
-        if entry.name.endswith(".jsonl"):
-            for line in entry.read_text(encoding="utf-8").splitlines():
-                if line.strip():
-                    texts += [m["content"] for m in json.loads(line)["messages"] if m["role"] != "system"]
+    for path in bench_prompt_files():
+        for line in path.read_text(encoding="utf-8").splitlines():
+            if line.strip():
+                texts += [m["content"] for m in json.loads(line)["messages"] if m["role"] != "system"]
     return texts
 
 

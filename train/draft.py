@@ -1,19 +1,30 @@
-"""``python -m specdec.train.draft``: distil a small Llama-style draft from the target (JAX/Flax), export it for Hugging Face.
+"""``python -m specdec.train.draft``: distil a small Llama draft with a reduced vocabulary from the target (JAX/Flax).
 
-Data: the target's own answers (``self_distill``) and, per answer position, the target's top-k
-logits (``teacher``, computed here once and cached in ``work_dir``).  Loss per answer position:
-``alpha * CE(next token) + (1 - alpha) * CE(softmax(target top-k), draft)``, the second term
-being the KL to the target's top-k law up to a constant.  The draft starts from the target
-where shapes allow: its embeddings (projected onto their top principal directions when the
-draft is narrower, tied to the output head) and, at equal width, its first layers.  Training
-runs through :func:`specdec.train.loop.train` (data-parallel, checkpoints, progress); the
-result is a ``LlamaForCausalLM`` directory with a card.
+Data: the teacher shards of ``python -m specdec.train.teacher`` (corpus v2 conversations, the
+target's top-k law at every answer position), packed into rows (:mod:`specdec.train.packing`).
+
+The draft (draft-v2 layout, :func:`specdec.heads.llama_flax.export_reduced`):
+
+* embeds tokens as the target's own embeddings through a learned projection (no embedding table
+  of its own: its rare tokens get the target's geometry for free, and the artifact stays small);
+* projects onto a reduced vocabulary, the ``vocab_size`` tokens the target itself emits most
+  often in the teacher data (FR-Spec), EOS always included.
+
+Loss per answer position: ``alpha`` x cross-entropy on the next token (skipped when it is outside
+the draft vocabulary) + (1 - alpha) x cross-entropy to the target's top-k law renormalised over
+the draft vocabulary.  Held-out metrics: loss, top-1 agreement with the target's argmax (greedy
+acceptance at the first draft position, up to context), and vocabulary coverage (share of answer
+positions whose target argmax the draft can propose).
+
+Initialisation: the projection is the target embeddings' top principal directions, and the head's
+rows are the projected embeddings of its tokens (tied-like start).  The export is measured at
+work for its card: acceptance per position and per benchmark category, and cost against the target.
 """
 from __future__ import annotations
 
 import json
 import logging
-import time
+from dataclasses import replace
 from pathlib import Path
 
 import hydra
@@ -24,247 +35,143 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from specdec.heads.llama_flax import DraftConfig, LlamaDraft, export_hf, from_hf_state_dict
+from specdec.drafters.vocab import coverage, top_tokens
+from specdec.heads.llama_flax import DraftConfig, LlamaDraft, config_from_hf, export_reduced
 
 from .loop import TrainConfig, train
-from .self_distill import load_tokens
+from .packing import PackedTeacher, draft_index, load_arrays
 
 log = logging.getLogger("specdec.train.draft")
 
 
-# ---- the teacher's signal ---------------------------------------------------------------------
-@torch.no_grad()
-def teacher_topk(model, sequences, prompt_lengths, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Top-k logits [N, k] and their ids [N, k] at every answer position, and per-sequence offsets [n+1]."""
-    values, ids, offsets = [], [], [0]
-    for seq, plen in zip(sequences, prompt_lengths):
-        logits = model(torch.tensor(seq[None].astype(np.int64))).logits[0, int(plen) - 1: len(seq) - 1]
-        top = torch.topk(logits.float(), k, dim=-1)
-        values.append(top.values.numpy())
-        ids.append(top.indices.numpy().astype(np.int32))
-        offsets.append(offsets[-1] + len(logits))
-    return np.concatenate(values), np.concatenate(ids), np.asarray(offsets, dtype=np.int64)
-
-
-# ---- batches -----------------------------------------------------------------------------------
-class DistillData:
-    """Right-padded batches of sequences with the teacher's top-k at (up to ``max_answer``) answer positions."""
-
-    def __init__(self, sequences, prompt_lengths, values, ids, offsets, max_length: int, k: int,
-                 max_answer: int | None = None):
-        self.sequences, self.prompt_lengths = sequences, prompt_lengths
-        self.values, self.ids, self.offsets = values[:, :k], ids[:, :k], offsets
-        self.max_length, self.k = max_length, k
-        self.max_answer = max_answer if max_answer is not None else max_length
-
-    def __len__(self):
-        return len(self.sequences)
-
-    def batch(self, rows) -> dict:
-        """``at`` [B, A]: positions whose next token is an answer token; ``labels`` -1 where unused."""
-        b, t, a = len(rows), self.max_length, self.max_answer
-        out = {"input_ids": np.zeros((b, t), np.int32), "attention_mask": np.zeros((b, t), np.int32),
-               "at": np.zeros((b, a), np.int32), "labels": np.full((b, a), -1, np.int32),
-               "top_ids": np.zeros((b, a, self.k), np.int32), "top_logits": np.zeros((b, a, self.k), np.float32)}
-        for r, i in enumerate(rows):
-            seq, plen = self.sequences[i][:t], int(self.prompt_lengths[i])
-            n = len(seq)
-            out["input_ids"][r, :n] = seq
-            out["attention_mask"][r, :n] = 1
-            first = plen - 1
-            count = max(0, min(n - 1 - first, a))  # answer positions inside the window
-            if count:
-                out["at"][r, :count] = np.arange(first, first + count)
-                out["labels"][r, :count] = seq[first + 1: first + 1 + count]
-                start = self.offsets[i]
-                out["top_ids"][r, :count] = self.ids[start:start + count]
-                out["top_logits"][r, :count] = self.values[start:start + count]
-        return out
-
-
 def make_loss(module: LlamaDraft, alpha: float):
+    """``loss_fn(params, batch) -> (loss, aux)``; batches carry the target's embeddings of their tokens."""
+
     def loss_fn(params, batch):
-        logits = module.apply({"params": params}, batch["input_ids"], batch["attention_mask"], batch["at"])
+        logits = module.apply({"params": params}, batch["input_ids"], batch["segment_ids"] > 0, batch["at"],
+                              batch["inputs_embeds"], batch["positions"], batch["segment_ids"])
         logq = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
-        valid = batch["labels"] >= 0
-        count = jnp.maximum(valid.sum(), 1)
-        ce = -jnp.take_along_axis(logq, jnp.where(valid, batch["labels"], 0)[..., None], -1)[..., 0]
-        p = jax.nn.softmax(batch["top_logits"], axis=-1)
-        logq_top = jnp.take_along_axis(logq, batch["top_ids"], -1)
-        soft = -(p * logq_top).sum(-1)
-        kl = (p * (jnp.log(jnp.maximum(p, 1e-30)) - logq_top)).sum(-1)  # KL(target top-k || draft) on the top-k
-        ce_mean = jnp.where(valid, ce, 0).sum() / count
-        soft_mean = jnp.where(valid, soft, 0).sum() / count
-        top1 = (jnp.argmax(logits, -1) == batch["labels"]) & valid
-        aux = {"ce": ce_mean, "kl": jnp.where(valid, kl, 0).sum() / count, "top1": top1.sum() / count}
-        return alpha * ce_mean + (1 - alpha) * soft_mean, aux
+        weight = batch["weight"]
+        count = jnp.maximum(weight.sum(), 1.0)
+        soft = -(batch["soft_probs"] * jnp.take_along_axis(logq, batch["soft_ids"], -1)).sum(-1)
+        has_label = batch["label"] >= 0
+        hard = -jnp.take_along_axis(logq, jnp.maximum(batch["label"], 0)[..., None], -1)[..., 0]
+        hard_mean = (hard * has_label * weight).sum() / jnp.maximum((has_label * weight).sum(), 1.0)
+        soft_mean = (soft * weight).sum() / count
+        top1 = (jnp.argmax(logits, -1) == batch["argmax"]) & (batch["argmax"] >= 0)
+        aux = {"ce": hard_mean, "soft_ce": soft_mean, "top1": (top1 * weight).sum() / count,
+               "coverage": ((batch["argmax"] >= 0) * weight).sum() / count}
+        return alpha * hard_mean + (1 - alpha) * soft_mean, aux
 
     return loss_fn
 
 
-def make_evaluate(loss_fn, data: DistillData, batch_size: int):
+def make_evaluate(loss_fn, data: PackedTeacher, batch_size: int, rows: int):
     compute = jax.jit(loss_fn)
-    rows = list(range(len(data)))
+    picked = list(range(min(rows, len(data))))
 
     def evaluate(params) -> dict:
-        totals, n = {"loss": 0.0, "ce": 0.0, "kl": 0.0, "top1": 0.0}, 0
-        for start in range(0, len(rows), batch_size):
-            chunk = rows[start:start + batch_size]
+        totals, n = {}, 0
+        for start in range(0, len(picked), batch_size):
+            chunk = picked[start:start + batch_size]
             chunk = chunk + [chunk[-1]] * (batch_size - len(chunk))  # fixed shapes: one compile
             loss, aux = compute(params, data.batch(chunk))
             for key, value in {"loss": loss, **aux}.items():
-                totals[key] += float(value)
+                totals[key] = totals.get(key, 0.0) + float(value)
             n += 1
         return {f"heldout_{k}": v / n for k, v in totals.items()}
 
     return evaluate
 
 
-# ---- initialisation from the target -------------------------------------------------------------
-def init_from_target(params, config: DraftConfig, target_state: dict, target_hidden: int) -> dict:
-    """Embeddings from the target (top principal directions when narrower); layers too at equal width."""
+def init_params(module: LlamaDraft, config: DraftConfig, embeddings: np.ndarray, token_ids: np.ndarray,
+                seed: int) -> dict:
+    """Fresh parameters with the projection on the embeddings' principal directions and a tied-like head."""
+    params = module.init(jax.random.PRNGKey(seed), jnp.zeros((1, 4), jnp.int32), None, None,
+                         jnp.zeros((1, 4, config.embed_dim)))["params"]
     params = jax.device_get(params)
-    embed = np.asarray(_np(target_state["model.embed_tokens.weight"]), np.float32)
-    if target_hidden == config.hidden_size:
-        params["embed_tokens"]["embedding"] = jnp.asarray(embed)
-        params["norm"]["weight"] = jnp.asarray(_np(target_state["model.norm.weight"]))
-        layers = from_hf_state_dict({**target_state, "model.embed_tokens.weight": embed},
-                                    _with_layers(config, config.num_hidden_layers))
-        for i in range(config.num_hidden_layers):
-            params[f"layers_{i}"] = layers[f"layers_{i}"]
-        if not config.tie_word_embeddings:
-            head = target_state.get("lm_head.weight", target_state["model.embed_tokens.weight"])
-            params["lm_head"]["kernel"] = jnp.asarray(np.asarray(_np(head), np.float32).T)
-    else:
-        if config.hidden_size > target_hidden:
-            raise ValueError(f"draft hidden size {config.hidden_size} exceeds the target's {target_hidden}")
-        _, _, vt = np.linalg.svd(embed - embed.mean(0), full_matrices=False)
-        projected = embed @ vt[: config.hidden_size].T
-        projected *= 0.02 / max(float(projected.std()), 1e-8)  # keep the scale of a fresh init
-        params["embed_tokens"]["embedding"] = jnp.asarray(projected.astype(np.float32))
+    centred = embeddings - embeddings.mean(0)
+    _, _, vt = np.linalg.svd(centred[np.random.default_rng(seed).choice(len(centred), 8192, replace=False)],
+                             full_matrices=False)
+    projection = vt[: config.hidden_size].T.astype(np.float32)  # [H_target, H]
+    projected = embeddings[token_ids] @ projection
+    params["embed_projection"]["kernel"] = jnp.asarray(projection)
+    params["lm_head"]["kernel"] = jnp.asarray((projected * 0.02 / max(float(projected.std()), 1e-8)).T)
     return params
 
 
-def _with_layers(config: DraftConfig, n: int) -> DraftConfig:
-    from dataclasses import replace
-
-    return replace(config, num_hidden_layers=n)
-
-
-def _np(value):
-    return value.detach().float().cpu().numpy() if hasattr(value, "detach") else np.asarray(value)
+def draft_vocabulary(counts: np.ndarray, size: int, eos: list[int]) -> np.ndarray:
+    """The ``size`` tokens the target emits most (EOS always), ascending target ids."""
+    return top_tokens(torch.from_numpy(counts), size, always=eos).numpy()
 
 
-def fit(data: DistillData, valid: DistillData, config: DraftConfig, cfg: TrainConfig, alpha: float,
-        init: dict | None = None, checkpoint=None, progress: bool = True, devices=None):
-    module = LlamaDraft(config)
-    params = module.init(jax.random.PRNGKey(cfg.seed), jnp.zeros((1, 4), jnp.int32))["params"]
-    if init is not None:
-        params = init
-    loss_fn = make_loss(module, alpha)
-
-    def batch_at(step: int) -> dict:
-        return data.batch(np.random.default_rng([cfg.seed, step]).integers(0, len(data), cfg.batch_size))
-
-    evaluate = make_evaluate(loss_fn, valid, cfg.batch_size)
-    result = train(loss_fn, params, batch_at, cfg, evaluate, checkpoint, progress, devices)
-    return result.params, result, evaluate
-
-
-def measure(model, tokenizer, folder: Path, prompts: list, max_new_tokens: int, num_tokens: int,
-            cost_steps: int = 32) -> dict:
-    """The exported draft at work: greedy chain acceptance on held-out prompts, and its cost.
-
-    Acceptance comes from ``specdec.generate`` with ``DraftModel(draft, num_tokens)``; the cost
-    is a one-token cached forward of the draft over the target's (median, this machine).
-    """
-    import specdec
-    from specdec import drafters
-    from specdec.measure import step_seconds
-    from specdec.chat import encode_chat as encode
-    from specdec.stats import DecodeStats
-
-    draft = drafters.load_draft_model(model, folder)
-    drafter = drafters.DraftModel(draft, num_tokens)
-    total = DecodeStats()  # every prompt's steps pooled
-    for chat in prompts:
-        with torch.inference_mode():
-            out = specdec.generate(model, encode(tokenizer, chat), drafter, max_new_tokens=max_new_tokens)
-        total.depth_accepted.update(out.stats.depth_accepted)
-        total.tokens_generated += out.stats.tokens_generated
-        total.row_steps += out.stats.row_steps
-    probe = encode(tokenizer, prompts[0])
-    target_ms, draft_ms = (1e3 * step_seconds(m, probe, cost_steps) for m in (model, draft))
-    return {"prompts": len(prompts), "max_new_tokens": max_new_tokens, "num_tokens": num_tokens,
-            "mean_accepted_tokens": total.mean_accepted_tokens,
-            "acceptance_by_position": total.acceptance_by_position(),
-            "accepted_histogram": {int(k): v for k, v in sorted(total.accepted_histogram.items())},
-            "cost": {"target_ms": target_ms, "draft_ms": draft_ms, "ratio": draft_ms / target_ms,
-                     "threads": torch.get_num_threads()}}
+def vocabulary_report(counts: np.ndarray, sizes=(1024, 2048, 4096, 8192, 16384, 32768)) -> dict:
+    """Coverage of the target's own outputs (train counts) by the top-V' tokens, for a few V'."""
+    t = torch.from_numpy(counts)
+    return {str(v): round(coverage(t, v), 4) for v in sizes if v <= len(counts)}
 
 
 @hydra.main(version_base="1.3", config_path="pkg://specdec.configs", config_name="train/draft")
 def main(cfg: DictConfig) -> None:
     if cfg.target.get("num_threads"):
         torch.set_num_threads(int(cfg.target.num_threads))
-    from specdec.heads.llama_flax import config_from_hf
+    teacher = Path(cfg.teacher_dir)
+    model, tokenizer = instantiate(cfg.target.load)
+    eos = model.generation_config.eos_token_id
+    eos = [eos] if isinstance(eos, int) else list(eos or [])
+    counts = np.load(teacher / "token_counts.npy")
+    token_ids = draft_vocabulary(counts, int(cfg.vocab_size), eos)
+    to_draft = draft_index(token_ids, len(counts))
+    embeddings = model.get_input_embeddings().weight.detach().float().numpy()
+    config = replace(config_from_hf(model.config), **OmegaConf.to_container(cfg.model, resolve=True),
+                     embed_dim=embeddings.shape[1], draft_vocab_size=len(token_ids), tie_word_embeddings=False)
+    train_arrays = load_arrays(teacher, "train")
+    valid_arrays = load_arrays(teacher, "valid")
+    rows = dict(row_length=int(cfg.row_length), answers_per_row=int(cfg.answers_per_row), embeddings=embeddings)
+    train_data = PackedTeacher(train_arrays, to_draft, seed=int(cfg.optim.seed), **rows)
+    valid_data = PackedTeacher(valid_arrays, to_draft, seed=1, **rows)
+    log.info("draft vocabulary %d tokens; %d train rows (%d answer positions), %d valid rows",
+             len(token_ids), len(train_data), train_data.answer_positions, len(valid_data))
+    module = LlamaDraft(config)
+    tcfg = TrainConfig(**OmegaConf.to_container(cfg.optim, resolve=True))
+    params = init_params(module, config, embeddings, token_ids, tcfg.seed)
+    loss_fn = make_loss(module, float(cfg.alpha))
+    evaluate = make_evaluate(loss_fn, valid_data, tcfg.batch_size, int(cfg.eval_rows))
+
+    def batch_at(step: int) -> dict:
+        return train_data.batch(np.random.default_rng([tcfg.seed, step]).integers(0, len(train_data), tcfg.batch_size))
 
     work = Path(cfg.work_dir)
-    sequences, prompt_lengths = load_tokens(work / "tokens.safetensors")
-    model, tokenizer = instantiate(cfg.target.load)
-    k = int(cfg.teacher_topk)
-    teacher_file = work / f"teacher-top{k}.npz"
-    if not teacher_file.is_file():
-        started = time.perf_counter()
-        values, ids, offsets = teacher_topk(model, sequences, prompt_lengths, k)
-        np.savez(teacher_file, values=values.astype(np.float16), ids=ids, offsets=offsets)
-        log.info("teacher top-%d over %d positions in %.0f s", k, len(values), time.perf_counter() - started)
-    teacher = np.load(teacher_file)
-    values, ids, offsets = teacher["values"].astype(np.float32), teacher["ids"], teacher["offsets"]
-    n_valid = max(1, int(round(len(sequences) * float(cfg.heldout_fraction))))
-    split = len(sequences) - n_valid
-
-    def subset(rows):
-        seqs = [sequences[i] for i in rows]
-        starts = [offsets[i] for i in rows]
-        counts = [offsets[i + 1] - offsets[i] for i in rows]
-        new_offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
-        v = np.concatenate([values[s:s + c] for s, c in zip(starts, counts)])
-        d = np.concatenate([ids[s:s + c] for s, c in zip(starts, counts)])
-        return DistillData(seqs, prompt_lengths[list(rows)], v, d, new_offsets, int(cfg.max_length), k,
-                           int(cfg.max_answer))
-
-    train_data, valid_data = subset(range(split)), subset(range(split, len(sequences)))
-    base = config_from_hf(model.config)
-    config = DraftConfig(**{**base.__dict__, **OmegaConf.to_container(cfg.model, resolve=True)})
-    module = LlamaDraft(config)
-    params = module.init(jax.random.PRNGKey(int(cfg.optim.seed)), jnp.zeros((1, 4), jnp.int32))["params"]
-    params = init_from_target(params, config, model.state_dict(), model.config.hidden_size)
-    tcfg = TrainConfig(**OmegaConf.to_container(cfg.optim, resolve=True))
-    checkpoint = work / f"draft-{cfg.name}-n{int(offsets[split])}.ckpt" if cfg.resume else None  # new data: new run
-    params, result, evaluate = fit(train_data, valid_data, config, tcfg, float(cfg.alpha), params, checkpoint,
-                                   bool(cfg.progress))
-    final = evaluate(params)
-    sizes = jax.tree_util.tree_map(lambda x: x.size, params)
-    card = {"kind": "llama-draft", "target": cfg.target.name, "config": config.__dict__,
+    checkpoint = work / f"draft-{cfg.name}-v{len(token_ids)}.ckpt" if cfg.resume else None
+    result = train(loss_fn, params, batch_at, tcfg, evaluate, checkpoint, bool(cfg.progress))
+    final = evaluate(result.params)
+    sizes = jax.tree_util.tree_map(lambda x: x.size, result.params)
+    card = {"kind": "specdec-draft-v2", "target": cfg.target.name, "config": config.__dict__,
             "parameters": int(sum(jax.tree_util.tree_leaves(sizes))),
-            "data": {"sequences": len(train_data), "heldout_sequences": len(valid_data),
-                     "answer_positions": int(offsets[split]), "teacher_topk": k},
+            "vocabulary": {"size": len(token_ids), "chosen_from": "the target's argmax at train answer positions",
+                           "train_coverage": vocabulary_report(counts),
+                           "heldout_coverage": final.get("heldout_coverage")},
+            "data": {"teacher": str(teacher), "train_rows": len(train_data),
+                     "train_answer_positions": train_data.answer_positions,
+                     "valid_answer_positions": valid_data.answer_positions,
+                     "epochs": round(tcfg.steps * tcfg.batch_size / max(len(train_data), 1), 2)},
             "training": {"steps": result.step, "batch_size": tcfg.batch_size, "learning_rate": tcfg.learning_rate,
-                         "alpha": float(cfg.alpha), "seconds": result.seconds, "jax_devices": jax.device_count()},
+                         "alpha": float(cfg.alpha), "seconds": round(result.seconds), "jax_devices": jax.device_count()},
             "losses": {"history": result.history, "heldout": final},
-            "command": "python -m specdec.train.self_distill && python -m specdec.train.draft"}
+            "command": "python -m specdec.train.draft"}
     folder = Path(hydra.utils.to_absolute_path(cfg.export_dir))
-    export_hf(params, config, folder, dtype="bfloat16", extra=card)
-    count = min(int(cfg.measure.prompts), len(valid_data))
-    if count:  # held-out prompts: the corpus prompts whose answers are the valid split's
-        from .corpus import training_prompts
+    export_reduced(result.params, config, token_ids, folder, extra=card)
+    if cfg.measure.enabled:
+        from specdec import drafters
 
-        data_file = work / "data.json"  # the seed self_distill drew its prompts with
-        data_info = json.loads(data_file.read_text()) if data_file.is_file() else {}
-        seed = int(data_info.get("config", {}).get("seed", 0))
-        card["measured"] = measure(model, tokenizer, folder, training_prompts(len(sequences), seed)[-count:],
-                                   int(cfg.measure.max_new_tokens), int(cfg.measure.num_tokens))
+        from .measure import acceptance, relative_cost
+
+        draft = drafters.load_draft_model(model, folder)
+        make = lambda: drafters.DraftModel(draft, int(cfg.measure.num_tokens))  # noqa: E731
+        card["measured"] = {"chain": int(cfg.measure.num_tokens),
+                            **acceptance(model, tokenizer, make, int(cfg.measure.per_category),
+                                         int(cfg.measure.max_new_tokens)),
+                            "cost": relative_cost(model, tokenizer, make)}
         (folder / "card.json").write_text(json.dumps(card, indent=2) + "\n", encoding="utf-8")
     log.info("exported %s: %s, measured %s", folder, final, card.get("measured"))
 

@@ -9,23 +9,8 @@ from ..sampling import choose
 from ..tree import DraftTree
 from .base import CommitUpdate, DraftRequest, Drafter, check_same_vocabulary
 from .draft_cache import DraftCache
+from .draft_loading import load_draft_model  # noqa: F401  (public here too)
 from .self_draft import truncated_model
-
-
-def load_draft_model(target_model: torch.nn.Module, path=None, self_draft_layers: int | None = None) -> torch.nn.Module:
-    """The small LM a drafter drafts with: a Hugging Face directory (e.g. a distilled draft in
-    ``artifacts/``), or, with ``path=None``, the target's first ``self_draft_layers`` layers."""
-    if path is not None:
-        from transformers import AutoModelForCausalLM
-
-        from ..artifacts import resolve
-
-        model = AutoModelForCausalLM.from_pretrained(resolve(path), dtype=next(target_model.parameters()).dtype)
-        check_same_vocabulary(model, target_model)
-        return model.eval()
-    if self_draft_layers is None:
-        raise ValueError("load_draft_model needs a path or self_draft_layers")
-    return truncated_model(target_model, int(self_draft_layers))
 
 
 class DraftModel(Drafter):

@@ -1,0 +1,72 @@
+"""What a trained drafter does at work, for its card: acceptance per position and per category, and its cost.
+
+Acceptance comes from ``specdec.generate`` (greedy) on the benchmark's packaged prompts, read as
+data (``specdec/bench/prompts/*.jsonl``; the benchmark's code is not imported, and no training
+ever sees these prompts).  Cost is measured inside the same engine: the drafter's seconds per
+drafted token against plain decoding's seconds per verification step, on one probe prompt.
+"""
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import torch
+
+import specdec
+from specdec.chat import encode_chat
+from specdec.stats import DecodeStats
+
+
+def bench_prompt_files() -> list[Path]:
+    """The benchmark's packaged prompt files (found without importing the benchmark's code)."""
+    spec = importlib.util.find_spec("specdec.bench")
+    folder = Path(next(iter(spec.submodule_search_locations))) / "prompts"
+    return sorted(folder.glob("*.jsonl"))
+
+
+def bench_chats(per_category: int = 2) -> dict[str, list[list[dict]]]:
+    """The first ``per_category`` chats of each packaged benchmark category."""
+    out = {}
+    for path in bench_prompt_files():
+        rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        out[path.stem] = [row["messages"] for row in rows[:per_category]]
+    return out
+
+
+def acceptance(model, tokenizer, make_drafter, per_category: int = 2, max_new_tokens: int = 64) -> dict:
+    """Greedy tokens per step and acceptance by position, per benchmark category and overall."""
+    pooled, out = DecodeStats(), {"per_category": {}}
+    for category, chats in bench_chats(per_category).items():
+        stats = DecodeStats()
+        for chat in chats:
+            with torch.inference_mode():
+                run = specdec.generate(model, encode_chat(tokenizer, chat), make_drafter(),
+                                       max_new_tokens=max_new_tokens).stats
+            for total in (stats, pooled):
+                total.depth_accepted.update(run.depth_accepted)
+                total.tokens_generated += run.tokens_generated
+                total.row_steps += run.row_steps
+        out["per_category"][category] = {"mean_accepted_tokens": round(stats.mean_accepted_tokens, 3),
+                                         "acceptance_by_position": [round(a, 3) for a in stats.acceptance_by_position()]}
+    out.update(prompts_per_category=per_category, max_new_tokens=max_new_tokens,
+               mean_accepted_tokens=round(pooled.mean_accepted_tokens, 3),
+               acceptance_by_position=[round(a, 3) for a in pooled.acceptance_by_position()])
+    return out
+
+
+def relative_cost(model, tokenizer, make_drafter, max_new_tokens: int = 48, repeats: int = 3) -> dict:
+    """Seconds per drafted token over seconds per plain decoding step (medians, interleaved runs)."""
+    import statistics
+
+    ids = encode_chat(tokenizer, [{"role": "user", "content": "Write a short paragraph about rivers and the sea."}])
+    plain, draft = [], []
+    with torch.inference_mode():
+        for _ in range(repeats + 1):  # the first round warms up
+            base = specdec.generate(model, ids, None, max_new_tokens=max_new_tokens, eos_token_id=[]).stats
+            run = specdec.generate(model, ids, make_drafter(), max_new_tokens=max_new_tokens, eos_token_id=[]).stats
+            plain.append(base.verify_seconds / base.steps)
+            draft.append(run.draft_seconds / max(run.drafted_tokens, 1))
+    step, token = statistics.median(plain[1:]), statistics.median(draft[1:])
+    return {"target_step_ms": round(step * 1e3, 2), "draft_ms_per_token": round(token * 1e3, 3),
+            "ratio": round(token / step, 4), "threads": torch.get_num_threads()}
