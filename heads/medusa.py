@@ -39,9 +39,15 @@ class MedusaHeads(nn.Module):
     def num_heads(self) -> int:
         return len(self.blocks)
 
+    def states(self, hidden: torch.Tensor, count: int | None = None) -> torch.Tensor:
+        """The first ``count`` heads' states [K, ..., H] for hidden states ``hidden`` [..., H] (before the head)."""
+        return torch.stack([block(hidden) for block in self.blocks[:count]])
+
     def forward(self, hidden: torch.Tensor, lm_head: nn.Module) -> torch.Tensor:
         """Logits [K, ..., V] of every head for hidden states ``hidden`` [..., H]."""
-        return torch.stack([lm_head(block(hidden)) for block in self.blocks])
+        from specdec.head import project
+
+        return torch.stack([project(lm_head, state) for state in self.states(hidden)])
 
     # ---- the shared safetensors format ---------------------------------------------------
     def tensors(self) -> dict[str, torch.Tensor]:

@@ -6,6 +6,10 @@ step's commit hands it over, the prefill for the first step), so drafting costs 
 target forward.  Nodes are deterministic top-k guesses: greedy acceptance matches them,
 and sampling accepts them by recursive rejection with point-mass children, which is lossless.
 Medusa's typical acceptance is a separate, lossy option of the acceptance rules.
+
+Heads may guess over a reduced vocabulary: ``vocab.token_ids`` in the weights file names the
+target tokens whose rows of the target's own output head the heads project onto (FR-Spec), so a
+head costs a fraction of the 49k-row head.  Verification still uses the target's full law.
 """
 from __future__ import annotations
 
@@ -17,6 +21,13 @@ import torch
 from ..medusa_tree import build_sparse_tree
 from ..tree import DraftTree
 from .base import CommitUpdate, DraftRequest, Drafter, output_vocab_size
+from .vocab import SubsetHead
+
+
+def with_rows(head: torch.nn.Module, token_ids: torch.Tensor, vocab_size: int) -> SubsetHead:
+    """The target's own output head restricted to the rows of ``token_ids``."""
+    weight = head.weight.detach().index_select(0, token_ids.to(head.weight.device))
+    return SubsetHead(weight, token_ids.to(head.weight.device), vocab_size)
 
 WEIGHTS = "medusa.safetensors"
 CARD = "card.json"
@@ -26,7 +37,7 @@ class Medusa(Drafter):
     """Medusa heads plus the sparse tree of rank paths they are verified with."""
 
 
-    def __init__(self, heads, tree: list[tuple[int, ...]]):
+    def __init__(self, heads, tree: list[tuple[int, ...]], token_ids: torch.Tensor | None = None):
         from specdec.heads.medusa import MedusaHeads
 
         if not isinstance(heads, MedusaHeads):
@@ -49,6 +60,7 @@ class Medusa(Drafter):
         self.tree = tree
         self.num_tokens = max(len(p) for p in tree)
         self.max_depth = self.num_tokens
+        self.token_ids = None if token_ids is None else torch.as_tensor(token_ids, dtype=torch.long)
         self._lm_head = None
         self._hidden: torch.Tensor | None = None  # [B, H] target state before each row's root
 
@@ -70,7 +82,9 @@ class Medusa(Drafter):
             if not (folder / name).is_file():
                 raise FileNotFoundError(f"Medusa artifact {folder} lacks {name}")
         card = json.loads((folder / CARD).read_text(encoding="utf-8"))
-        heads = MedusaHeads.from_tensors(load_file(str(folder / WEIGHTS)))
+        tensors = load_file(str(folder / WEIGHTS))
+        token_ids = tensors.pop("vocab.token_ids", None)
+        heads = MedusaHeads.from_tensors(tensors)
         hidden = getattr(target_model.config, "hidden_size", None)
         if hidden != heads.hidden_size:
             raise ValueError(f"Medusa heads of {folder} expect hidden size {heads.hidden_size}, "
@@ -79,15 +93,23 @@ class Medusa(Drafter):
             tree = build_sparse_tree(card["top_k_accuracy"], int(max_nodes))
         else:
             tree = card["tree"]
+        vocab = output_vocab_size(target_model)
+        if token_ids is not None and (int(token_ids.max()) >= vocab or token_ids.numel() > vocab):
+            raise ValueError(f"Medusa heads of {folder} guess token ids up to {int(token_ids.max())}, "
+                             f"the target's vocabulary has {vocab}: they were trained for another model")
         dtype = next(target_model.parameters()).dtype
-        return cls(heads.to(dtype), tree)
+        return cls(heads.to(dtype), tree, token_ids)
 
     def start(self, target_model, input_ids, attention_mask, hidden=None) -> None:
         size = getattr(target_model.config, "hidden_size", None)
         if size != self.heads.hidden_size:
             raise ValueError(f"Medusa heads expect hidden size {self.heads.hidden_size}, the target has {size}")
         output_vocab_size(target_model)  # a causal LM with an output head
-        self._lm_head = target_model.get_output_embeddings()
+        head = target_model.get_output_embeddings()
+        if self.token_ids is None:
+            self._lm_head = head
+        elif not isinstance(self._lm_head, SubsetHead) or self._lm_head.weight.device != head.weight.device:
+            self._lm_head = with_rows(head, self.token_ids, output_vocab_size(target_model))  # once per drafter
         self.heads.to(device=input_ids.device, dtype=next(target_model.parameters()).dtype)
         # the state before the root; a one-token prompt has none until the first step commits
         self._hidden = hidden[:, -1] if hidden is not None and hidden.shape[1] else None
@@ -116,9 +138,13 @@ class Medusa(Drafter):
         if self._hidden is None or not paths:  # a one-token prompt: no hidden state yet
             return DraftTree.empty(b, device)
         depth = max(len(p) for p in paths)
-        logits = self.heads(self._hidden, self._lm_head)[:depth]  # [D, B, V]
         width = [1 + max(p[d] for p in paths if len(p) > d) for d in range(depth)]
-        guesses = [torch.topk(logits[d], width[d], dim=-1).indices for d in range(depth)]  # [B, width]
+        if isinstance(self._lm_head, SubsetHead):  # rank within the subset, then name target ids
+            logits = self._lm_head.subset_logits(self.heads.states(self._hidden, depth))  # [D, B, V']
+            guesses = [self._lm_head.token_ids[torch.topk(logits[d], width[d], dim=-1).indices] for d in range(depth)]
+        else:
+            logits = self.heads(self._hidden, self._lm_head)[:depth]  # [D, B, V]
+            guesses = [torch.topk(logits[d], width[d], dim=-1).indices for d in range(depth)]  # [B, width]
         index = {p: i for i, p in enumerate(paths)}
         tokens = torch.stack([guesses[len(p) - 1][:, p[-1]] for p in paths], dim=1)
         parents = torch.tensor([index[p[:-1]] if len(p) > 1 else -1 for p in paths], device=device)
