@@ -119,4 +119,16 @@ class PackedTeacher:
                 out["weight"][r, j] = 1.0
         if self.embeddings is not None:
             out["inputs_embeds"] = self.embeddings[out["input_ids"]]
+        if "hidden" in self.a:  # the target's states over the row, and each token's predecessors in its segment
+            out["hidden"] = np.zeros((b, t, self.a["hidden"].shape[1]), np.float32)
+            for r, row in enumerate(rows):
+                start = 0
+                for i in self.rows[row]:
+                    lo, hi = int(offsets[i]), int(offsets[i + 1])
+                    n = min(hi - lo, t - start)
+                    out["hidden"][r, start:start + n] = self.a["hidden"][lo:lo + n]
+                    start += n
+            index = np.arange(t)[None].repeat(b, 0)
+            out["prev1"] = np.where(out["positions"] > 0, index - 1, index).astype(np.int32)
+            out["prev2"] = np.take_along_axis(out["prev1"], out["prev1"], axis=1)
         return out

@@ -1,6 +1,7 @@
 """Drafters: every way of proposing tokens, behind one protocol (:class:`Drafter`)."""
 from .base import CommitUpdate, DraftRequest, Drafter
 from .draft_cache import DraftCache
+from .chimera import Chimera
 from .draft_model import DraftModel, load_draft_model
 from .medusa import Medusa
 from .prompt_lookup import NgramIndex, PromptLookup, lookup_continuation
@@ -8,4 +9,4 @@ from .recursive_tree import RecursiveTree
 from .self_draft import truncated_model
 from .vocab import SubsetHead, with_subset_head
 
-__all__ = ["CommitUpdate", "Drafter", "DraftCache", "DraftRequest", "DraftModel", "Medusa", "PromptLookup", "RecursiveTree", "load_draft_model", "NgramIndex", "lookup_continuation", "truncated_model", "SubsetHead", "with_subset_head"]
+__all__ = ["Chimera", "CommitUpdate", "Drafter", "DraftCache", "DraftRequest", "DraftModel", "Medusa", "PromptLookup", "RecursiveTree", "load_draft_model", "NgramIndex", "lookup_continuation", "truncated_model", "SubsetHead", "with_subset_head"]

@@ -37,7 +37,7 @@ class DraftModel(Drafter):
 
     def start(self, target_model, input_ids, attention_mask, hidden=None) -> None:
         check_same_vocabulary(self.model, target_model)
-        self._cache = DraftCache(self.model, input_ids, attention_mask)
+        self._cache = DraftCache.for_model(self.model, input_ids, attention_mask)
 
     @torch.no_grad()
     def propose(self, request: DraftRequest) -> DraftTree:

@@ -122,7 +122,7 @@ class RecursiveTree(Drafter):
 
     def start(self, target_model, input_ids, attention_mask, hidden=None) -> None:
         check_same_vocabulary(self.model, target_model)
-        self._cache = DraftCache(self.model, input_ids, attention_mask)
+        self._cache = DraftCache.for_model(self.model, input_ids, attention_mask)
 
     # ---- growing one depth -----------------------------------------------------------------
     def _topk_children(self, logits, frontier, counts, request):

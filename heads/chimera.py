@@ -1,0 +1,193 @@
+"""Chimera (Zeng et al., 2024): a light draft that fuses every token, over the target's own hidden states.
+
+The torch module that serves it; ``heads/chimera_flax.py`` is the Flax twin that trains it (same
+parameter names, same safetensors).
+
+* **Trigram encoder.** For the token at position t, the target's embeddings of tokens t-2, t-1
+  and t (the target's table, shared, not copied; at a sequence's start the first token stands in
+  for the missing ones), concatenated [3H], a zero-initialised residual block
+  ``x + SiLU(W x + b)``, then a projection 3H -> H.
+* **Full-context decoder.** One Llama decoder layer with the target's attention shape.  Its keys
+  and values come from two kinds of entries: the target's final hidden state of every committed
+  token (the *context*, at that token's position) and the trigram encoding of every draft position
+  (at its position).  A draft position's query (its trigram encoding) attends over the context and
+  over its own earlier draft positions.
+* **Residual head.** ``W_h h + W_s s`` over the reduced draft vocabulary, where h is the target's
+  state at the last verified token and s the draft position's output: Chimera's Linear(2H -> V)
+  on concat(h, s), split in two.  ``W_h`` is frozen to the target's own output rows for the draft
+  vocabulary (taken from the target at load, not stored); ``W_s`` starts equal to it, so the head
+  starts as the target's head on h + s, as in the paper, and only ``W_s`` is trained.
+
+Safetensors keys: ``trigram.residual.{weight,bias}``, ``trigram.proj.weight``,
+``layer.{input_layernorm,post_attention_layernorm}.weight``,
+``layer.self_attn.{q,k,v,o}_proj.weight``, ``layer.mlp.{gate,up,down}_proj.weight``,
+``head.weight`` [V', H], ``vocab.token_ids`` [V'] (target ids), plus shape metadata.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import nn
+
+
+@dataclass(frozen=True)
+class ChimeraConfig:
+    hidden_size: int
+    intermediate_size: int
+    num_attention_heads: int
+    num_key_value_heads: int
+    head_dim: int
+    vocab_size: int  # the target's
+    draft_vocab_size: int
+    rms_norm_eps: float = 1e-5
+    rope_theta: float = 10000.0
+
+    @classmethod
+    def from_target(cls, config, draft_vocab_size: int, **overrides) -> "ChimeraConfig":
+        theta = getattr(config, "rope_theta", None) or (getattr(config, "rope_parameters", None) or {}).get(
+            "rope_theta", 10000.0)
+        head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+        fields = dict(hidden_size=config.hidden_size, intermediate_size=config.intermediate_size,
+                      num_attention_heads=config.num_attention_heads, num_key_value_heads=config.num_key_value_heads,
+                      head_dim=head_dim, vocab_size=config.vocab_size, draft_vocab_size=draft_vocab_size,
+                      rms_norm_eps=float(config.rms_norm_eps), rope_theta=float(theta))
+        return cls(**{**fields, **overrides})
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, size: int, eps: float):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(size))
+        self.eps = eps
+
+    def forward(self, x):
+        x32 = x.float()
+        return self.weight * (x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)).to(x.dtype)
+
+
+class TrigramEncoder(nn.Module):
+    def __init__(self, hidden_size: int):
+        super().__init__()
+        self.residual = nn.Linear(3 * hidden_size, 3 * hidden_size)
+        nn.init.zeros_(self.residual.weight)
+        nn.init.zeros_(self.residual.bias)
+        self.proj = nn.Linear(3 * hidden_size, hidden_size, bias=False)
+
+    def forward(self, trigrams: torch.Tensor) -> torch.Tensor:
+        """[..., 3H] concatenated embeddings -> [..., H]."""
+        return self.proj(trigrams + nn.functional.silu(self.residual(trigrams)))
+
+
+def rotate_half(x):
+    half = x.shape[-1] // 2
+    return torch.cat([-x[..., half:], x[..., :half]], dim=-1)
+
+
+class Attention(nn.Module):
+    def __init__(self, c: ChimeraConfig):
+        super().__init__()
+        self.c = c
+        self.q_proj = nn.Linear(c.hidden_size, c.num_attention_heads * c.head_dim, bias=False)
+        self.k_proj = nn.Linear(c.hidden_size, c.num_key_value_heads * c.head_dim, bias=False)
+        self.v_proj = nn.Linear(c.hidden_size, c.num_key_value_heads * c.head_dim, bias=False)
+        self.o_proj = nn.Linear(c.num_attention_heads * c.head_dim, c.hidden_size, bias=False)
+
+    def rope(self, x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """Rotary positions (Hugging Face's rotate-half layout) for x [B, h, M, d] at positions [B, M]."""
+        d = self.c.head_dim
+        inv = 1.0 / (self.c.rope_theta ** (torch.arange(0, d, 2, dtype=torch.float32, device=x.device) / d))
+        freqs = positions[:, None, :, None].float() * inv
+        emb = torch.cat([freqs, freqs], dim=-1)
+        return (x * emb.cos().to(x.dtype)) + (rotate_half(x) * emb.sin().to(x.dtype))
+
+    def key_values(self, x: torch.Tensor, positions: torch.Tensor):
+        """Keys and values [B, kv_heads, M, d] of normed inputs x [B, M, H]."""
+        b, m, _ = x.shape
+        c = self.c
+        k = self.k_proj(x).view(b, m, c.num_key_value_heads, c.head_dim).transpose(1, 2)
+        v = self.v_proj(x).view(b, m, c.num_key_value_heads, c.head_dim).transpose(1, 2)
+        return self.rope(k, positions), v
+
+    def attend(self, x: torch.Tensor, positions: torch.Tensor, keys: torch.Tensor, values: torch.Tensor,
+               mask: torch.Tensor) -> torch.Tensor:
+        """Queries of x [B, M, H] over keys/values [B, kv, K, d] with a boolean mask [B, M, K]."""
+        b, m, _ = x.shape
+        c = self.c
+        q = self.rope(self.q_proj(x).view(b, m, c.num_attention_heads, c.head_dim).transpose(1, 2), positions)
+        groups = c.num_attention_heads // c.num_key_value_heads
+        keys = keys.repeat_interleave(groups, dim=1)
+        values = values.repeat_interleave(groups, dim=1)
+        out = nn.functional.scaled_dot_product_attention(q, keys, values, attn_mask=mask[:, None])
+        return self.o_proj(out.transpose(1, 2).reshape(b, m, -1))
+
+
+class MLP(nn.Module):
+    def __init__(self, c: ChimeraConfig):
+        super().__init__()
+        self.gate_proj = nn.Linear(c.hidden_size, c.intermediate_size, bias=False)
+        self.up_proj = nn.Linear(c.hidden_size, c.intermediate_size, bias=False)
+        self.down_proj = nn.Linear(c.intermediate_size, c.hidden_size, bias=False)
+
+    def forward(self, x):
+        return self.down_proj(nn.functional.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+class DecoderLayer(nn.Module):
+    def __init__(self, c: ChimeraConfig):
+        super().__init__()
+        self.input_layernorm = RMSNorm(c.hidden_size, c.rms_norm_eps)
+        self.self_attn = Attention(c)
+        self.post_attention_layernorm = RMSNorm(c.hidden_size, c.rms_norm_eps)
+        self.mlp = MLP(c)
+
+    def key_values(self, entries: torch.Tensor, positions: torch.Tensor):
+        return self.self_attn.key_values(self.input_layernorm(entries), positions)
+
+    def forward(self, x, positions, keys, values, mask):
+        x = x + self.self_attn.attend(self.input_layernorm(x), positions, keys, values, mask)
+        return x + self.mlp(self.post_attention_layernorm(x))
+
+
+class ChimeraDraft(nn.Module):
+    """The trainable draft; the target's embedding table and head rows are given, not owned."""
+
+    def __init__(self, config: ChimeraConfig):
+        super().__init__()
+        self.config = config
+        self.trigram = TrigramEncoder(config.hidden_size)
+        self.layer = DecoderLayer(config)
+        self.head = nn.Linear(config.hidden_size, config.draft_vocab_size, bias=False)
+        self.register_buffer("token_ids", torch.zeros(config.draft_vocab_size, dtype=torch.long), persistent=False)
+        self.register_buffer("head_rows", torch.zeros(config.draft_vocab_size, config.hidden_size), persistent=False)
+
+    def bind(self, embeddings: torch.Tensor, head_weight: torch.Tensor, token_ids: torch.Tensor) -> "ChimeraDraft":
+        """Attach the target's embedding table [V, H] and its output rows for ``token_ids`` (frozen)."""
+        self.__dict__["embeddings"] = embeddings  # not a parameter: shared with the target, never saved
+        self.token_ids = torch.as_tensor(token_ids, dtype=torch.long, device=head_weight.device)
+        self.head_rows = head_weight.detach().index_select(0, self.token_ids).to(self.head.weight.dtype)
+        return self
+
+    def encode(self, trigram_ids: torch.Tensor) -> torch.Tensor:
+        """Trigram encodings [..., H] of token-id triples [..., 3] (t-2, t-1, t)."""
+        e = self.embeddings[trigram_ids].to(self.head.weight.dtype)  # [..., 3, H]
+        return self.trigram(e.flatten(-2))
+
+    def context_key_values(self, hidden: torch.Tensor, positions: torch.Tensor):
+        """Keys/values of the target's states [B, M, H] at positions [B, M] (no queries: context only)."""
+        return self.layer.key_values(hidden.to(self.head.weight.dtype), positions)
+
+    def draft_states(self, encodings, positions, keys, values, mask) -> torch.Tensor:
+        """The layer's outputs [B, M, H] for draft positions whose keys/values are already in ``keys``/``values``."""
+        return self.layer(encodings, positions, keys, values, mask)
+
+    def verified_logits(self, last_state: torch.Tensor) -> torch.Tensor:
+        """``W_h h`` [B, V'] for the target's state at the last verified token (once per step)."""
+        return last_state.to(self.head_rows.dtype) @ self.head_rows.T
+
+    def logits(self, verified: torch.Tensor, states: torch.Tensor) -> torch.Tensor:
+        """Draft logits [B, M, V'] over the draft vocabulary: ``W_h h + W_s s``."""
+        return verified[:, None, :] + self.head(states)
