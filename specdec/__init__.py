@@ -10,6 +10,7 @@ from .engine import GenerateOutput, generate
 from .loading import load_model
 from .pool import PoolOutput, generate_pool
 from .sampling import SamplingConfig
+from .smartspec import SmartSpec
 from .speculation import FixedLength, SpeculationPlan, SpeculationPolicy, StepContext, StepReport
 from .stats import DecodeStats
 from .target import Target
@@ -17,6 +18,6 @@ from .tree import DraftTree
 
 __all__ = [
     "Acceptance", "DecodeConfig", "DecodeStats", "DraftTree", "FixedLength", "GenerateOutput", "PoolOutput",
-    "SamplingConfig", "SpeculationPlan", "SpeculationPolicy", "StepContext", "StepReport", "Target", "chat", "drafters",
+    "SamplingConfig", "SmartSpec", "SpeculationPlan", "SpeculationPolicy", "StepContext", "StepReport", "Target", "chat", "drafters",
     "generate", "generate_pool", "load_model",
 ]

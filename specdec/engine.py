@@ -116,6 +116,8 @@ class Decoding:
         self.pad = pad_id(model, config.pad_token_id, self.eos)
         self.rng = rng
         self.policy = as_policy(config.speculation, drafter.num_tokens if drafter is not None else 0)
+        self.policy.start(model, drafter)
+        self._predicted: float | None = None
         self.stats = DecodeStats()
         self.committed: dict[int, list[int]] = {}
         self.generated: dict[int, list[int]] = {}
@@ -172,6 +174,7 @@ class Decoding:
 
     def _plan(self, cohort: Cohort) -> tuple[list[int], list[int | None] | None]:
         """Each row's depth (the policy's, within the row's budget and the drafter's reach) and node budget."""
+        self._predicted = None
         if cohort.drafter is None:
             return [0] * cohort.size, None
         remaining = [self.config.max_new_tokens - len(self.generated[i]) for i in cohort.ids]
@@ -183,6 +186,7 @@ class Decoding:
             raise TypeError(f"{type(self.policy).__name__}.plan() must return a SpeculationPlan with one depth "
                             f"per row ({cohort.size}), got {plan!r}")
         reach = drafter.max_depth if drafter.max_depth is not None else max(plan.depth, default=0)
+        self._predicted = plan.predicted_seconds
         return [max(0, min(d, r - 1, reach)) for d, r in zip(plan.depth, remaining)], plan.max_nodes
 
     def commit(self, cohort: Cohort, step: Step, regroup=None) -> list[Cohort]:
@@ -215,6 +219,8 @@ class Decoding:
         stats.row_steps += cohort.size
         stats.drafted_tokens += sum(step.tree.valid_counts)
         stats.depth_chosen.append(list(step.depth))
+        stats.step_seconds.append(step.draft_seconds + step.verify_seconds)
+        stats.predicted_seconds.append(self._predicted)
         stats.draft_seconds += step.draft_seconds
         stats.verify_seconds += step.verify_seconds
         # 5. adapt

@@ -40,6 +40,7 @@ class SpeculationPlan:
 
     depth: list[int]
     max_nodes: list[int | None] | None = None  # None: the drafter's own budget
+    predicted_seconds: float | None = None  # the policy's prediction of the step's time, if it makes one
 
     def __post_init__(self):
         if any(isinstance(d, bool) or not isinstance(d, int) or d < 0 for d in self.depth):
@@ -65,6 +66,9 @@ class StepReport:
 
 class SpeculationPolicy(abc.ABC):
     """Chooses each row's speculation depth (and node budget) for the next step."""
+
+    def start(self, model, drafter) -> None:
+        """Called once per decoding job, before its first step, with the target model and the drafter."""
 
     @abc.abstractmethod
     def plan(self, context: StepContext) -> SpeculationPlan:

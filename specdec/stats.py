@@ -23,6 +23,8 @@ class DecodeStats:
     regroup_seconds: float = 0.0  # part of other_seconds: copying rows between groups (generate_pool)
     row_tokens: list = field(default_factory=list)  # tokens generated per batch row
     depth_chosen: list = field(default_factory=list)  # per step, the draft depth allowed to each row
+    step_seconds: list = field(default_factory=list)  # per step, draft + verify seconds measured
+    predicted_seconds: list = field(default_factory=list)  # per step, the policy's prediction (None: none made)
 
     @property
     def accepted_histogram(self) -> Counter:
@@ -71,6 +73,8 @@ class DecodeStats:
             "aligned_fraction": self.aligned_fraction,
             "row_tokens": list(self.row_tokens),
             "depth_chosen": [list(d) for d in self.depth_chosen],
+            "step_seconds": list(self.step_seconds),
+            "predicted_seconds": list(self.predicted_seconds),
             "tokens_per_second": self.tokens_per_second,
         }
 

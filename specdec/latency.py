@@ -1,0 +1,127 @@
+"""A step-latency model fitted by profiling: how long a step takes for a batch, a draft size and a context.
+
+Two regressions (SmartSpec, Liu et al. 2024; the features of its authors' vLLM fork):
+
+* the target's verification, in batch size B, tokens verified per row n + 1 (n draft nodes) and
+  context C per row: ``[1, B, B*(n+1), B*C, [n > 0]]`` (linear) or those plus their squares and
+  pairwise products (quadratic).  The indicator is there because on CPUs the jump from one to
+  two rows per matrix product costs more than any later step;
+* the drafter's proposal, in B and draft depth k: ``[1, k, B*k, B]`` (linear) or quadratic.
+
+:func:`fit` keeps, for each, the form with the better R^2 on held-out points.  A
+:class:`LatencyModel` is saved as JSON keyed by the model, its dtype, the device and the thread
+count, and loading refuses a file made for anything else.
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+
+def verify_features(batch, nodes, context, form: str) -> np.ndarray:
+    b, n, c = (np.asarray(x, dtype=np.float64) for x in (batch, nodes, context))
+    base = [np.ones_like(b), b, b * (n + 1), b * c / 1000.0, (n > 0).astype(np.float64)]
+    return np.stack(base + (_quadratic(base[1:4]) if form == "quadratic" else []), axis=-1)
+
+
+def draft_features(batch, depth, form: str) -> np.ndarray:
+    b, k = (np.asarray(x, dtype=np.float64) for x in (batch, depth))
+    base = [np.ones_like(b), k, b * k, b]
+    return np.stack(base + (_quadratic(base[1:]) if form == "quadratic" else []), axis=-1)
+
+
+def _quadratic(terms: list[np.ndarray]) -> list[np.ndarray]:
+    return [terms[i] * terms[j] for i in range(len(terms)) for j in range(i, len(terms))]
+
+
+@dataclass
+class Regression:
+    form: str  # "linear" or "quadratic"
+    coef: list[float]
+    r2_heldout: float
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        return x @ np.asarray(self.coef)
+
+
+def r2(y: np.ndarray, pred: np.ndarray) -> float:
+    total = float(((y - y.mean()) ** 2).sum())
+    return 1.0 - float(((y - pred) ** 2).sum()) / total if total > 0 else 1.0
+
+
+def fit(features, y: np.ndarray, seed: int = 0, holdout: float = 0.25) -> Regression:
+    """The form (linear or quadratic) of ``features(form)`` with the better held-out R^2, refitted on all points."""
+    y = np.asarray(y, dtype=np.float64)
+    order = np.random.default_rng(seed).permutation(len(y))
+    cut = max(1, int(round(len(y) * holdout)))
+    test, train = order[:cut], order[cut:]
+    best = None
+    for form in ("linear", "quadratic"):
+        x = features(form)
+        if len(train) < x.shape[1]:
+            continue
+        coef = np.linalg.lstsq(x[train], y[train], rcond=None)[0]
+        score = r2(y[test], x[test] @ coef)
+        if best is None or score > best.r2_heldout + 1e-3:  # the simpler form unless clearly worse
+            best = Regression(form, np.linalg.lstsq(x, y, rcond=None)[0].tolist(), score)
+    if best is None:
+        raise ValueError(f"too few profiled points ({len(y)}) to fit a latency model")
+    return best
+
+
+@dataclass
+class LatencyModel:
+    key: dict  # model, dtype, device, threads
+    verify: Regression
+    draft: dict[str, Regression] = field(default_factory=dict)  # drafter name -> its regression
+    points: dict = field(default_factory=dict)  # the profiled measurements, for the record
+
+    def verify_seconds(self, batch: int, nodes: int, context: float) -> float:
+        x = verify_features([batch], [nodes], [context], self.verify.form)
+        return max(float(self.verify.predict(x)[0]), 1e-6)
+
+    def draft_seconds(self, drafter: str, batch: int, depth: int) -> float:
+        if depth <= 0 or drafter not in self.draft:
+            return 0.0
+        model = self.draft[drafter]
+        return max(float(model.predict(draft_features([batch], [depth], model.form))[0]), 0.0)
+
+    def save(self, path: str | os.PathLike) -> Path:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(asdict(self), indent=2) + "\n", encoding="utf-8")
+        return path
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, expected_key: dict | None = None) -> "LatencyModel":
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+        model = cls(data["key"], Regression(**data["verify"]), {k: Regression(**v) for k, v in data["draft"].items()},
+                    data.get("points", {}))
+        if expected_key is not None and model.key != expected_key:
+            differs = {k: (model.key.get(k), v) for k, v in expected_key.items() if model.key.get(k) != v}
+            raise ValueError(f"latency model {path} was profiled for another setting: {differs} "
+                             "(file, now); run `python -m specdec.profile` for this one")
+        return model
+
+
+def latency_key(model, threads: int | None = None) -> dict:
+    """What a latency profile is valid for: the model, its dtype, the device and the thread count."""
+    import torch
+
+    parameter = next(model.parameters())
+    name = getattr(model.config, "_name_or_path", None) or type(model).__name__
+    size = sum(p.numel() for p in model.parameters())
+    return {"model": f"{Path(str(name)).name}:{size}", "dtype": str(parameter.dtype).replace("torch.", ""),
+            "device": parameter.device.type, "threads": int(threads or torch.get_num_threads())}
+
+
+def default_path(key: dict) -> Path:
+    """``<cache>/profiles/<model>-<dtype>-<device>-t<threads>.json`` beside the model cache."""
+    from .loading import default_cache_dir
+
+    safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in key["model"])
+    return default_cache_dir() / "profiles" / f"{safe}-{key['dtype']}-{key['device']}-t{key['threads']}.json"

@@ -1,0 +1,156 @@
+"""SmartSpec: goodput-optimal depths from a latency model and online acceptance; exactness while k changes."""
+import itertools
+
+import pytest
+import torch
+
+import specdec
+from conftest import tiny_llama
+from exact_randomness import enumerate_law
+from scripted import noisy_copy
+from specdec import drafters
+from specdec.latency import LatencyModel, Regression, latency_key
+from specdec.tree import DraftTree
+from test_sampling_lossless import PROMPT, exact_law, generated, models
+
+VOCAB = 64
+
+
+def synthetic_latency(model, drafter_name="ScriptedDrafter", verify=(1.0, 0.0, 0.05, 0.0, 0.3), draft=(0.0, 0.05, 0.0, 0.0)):
+    """verify(B, n, C) = 1 + 0.05 B (n+1) + 0.3 [n>0] seconds; draft(B, k) = 0.05 k."""
+    return LatencyModel(latency_key(model), Regression("linear", list(verify), 1.0),
+                        {drafter_name: Regression("linear", list(draft), 1.0)})
+
+
+class Scripted(drafters.Drafter):
+    """Right for the first ``right(position)`` drafted tokens, wrong after (a chain of any depth)."""
+
+    stateless = True
+
+    def __init__(self, reference, right):
+        self.reference, self.right, self.num_tokens = reference[0].tolist(), right, 8
+
+    def propose(self, request):
+        start = int(request.lengths[0])
+        good = self.right(start)
+        tokens = [(self.reference[start + i] if start + i < len(self.reference) else 0) if i < good
+                  else (self.reference[min(start + i, len(self.reference) - 1)] + 1) % VOCAB
+                  for i in range(request.max_depth)]
+        return DraftTree.chain(torch.tensor([tokens]))
+
+
+Scripted.__name__ = "ScriptedDrafter"
+
+
+@pytest.fixture(scope="module")
+def target():
+    return tiny_llama(VOCAB, seed=0, eos_token_id=None, pad_token_id=0)
+
+
+def reference(target, n=90):
+    ids = torch.randint(3, VOCAB, (1, 6), generator=torch.Generator().manual_seed(0))
+    return ids, target.generate(ids, max_new_tokens=n, do_sample=False, pad_token_id=0)
+
+
+def test_the_plan_is_the_analytic_optimum(target):
+    """Given acceptance rates and a latency model, the chosen depth maximises tokens per second."""
+    policy = specdec.SmartSpec(max_depth=8, latency=synthetic_latency(target))
+    policy.start(target, Scripted(torch.zeros(1, 1, dtype=torch.long), lambda s: 0))
+    for rates in ([0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.2], [0.3] * 8, [0.99] * 8, [0.0] * 8):
+        policy.batch_rates = list(rates)
+        context = specdec.StepContext([0, 1], [20, 30], [50, 50], None, 8, None)
+        want = max(range(9), key=lambda k: 2 * policy.expected_tokens(rates, k) / policy.step_seconds(2, k, 25))
+        assert policy.plan(context).depth == [want, want]
+    assert want == 0  # nothing is ever accepted: plain decoding
+
+
+def test_it_settles_on_the_scripted_acceptance_and_stays_exact(target):
+    """A drafter right for exactly 3 tokens: SmartSpec drafts 3 deep once it has learnt so; output is exact."""
+    ids, ref = reference(target)
+    policy = specdec.SmartSpec(max_depth=8, latency=synthetic_latency(target), decay=0.5)
+    out = specdec.generate(target, ids, Scripted(ref, lambda s: 3), max_new_tokens=90, eos_token_id=[],
+                           speculation=policy)
+    assert torch.equal(out.sequences, ref)
+    chosen = [d[0] for d in out.stats.depth_chosen]
+    assert chosen[-6:-1] == [3] * 5, chosen  # the last step is cut by the budget
+    assert all(p is not None for p in out.stats.predicted_seconds) and len(out.stats.step_seconds) == out.stats.steps
+
+
+def test_it_stops_drafting_and_comes_back_when_acceptance_returns(target):
+    """Wrong drafts: depth 0; from position 50 on the drafts are right: probes find it and depth rises again."""
+    ids, ref = reference(target, 120)
+    policy = specdec.SmartSpec(max_depth=8, latency=synthetic_latency(target), decay=0.5, probe_every=8)
+    out = specdec.generate(target, ids, Scripted(ref, lambda s: 0 if s < 50 else 6), max_new_tokens=120,
+                           eos_token_id=[], speculation=policy)
+    assert torch.equal(out.sequences, ref)
+    chosen = [d[0] for d in out.stats.depth_chosen]
+    early = chosen[5:40]
+    assert early.count(0) > 25  # plain decoding while nothing is accepted (with a probe now and then)
+    assert max(chosen[-8:]) >= 5  # drafting again once the drafts are right
+
+
+def test_greedy_stays_exact_with_a_real_drafter_in_batches(target):
+    from test_batch import PAD, expected_batch, prompts
+
+    rows = prompts(3, seed=2)
+    ids, mask, expected = expected_batch(target, rows, 24, None, PAD)
+    drafter = drafters.DraftModel(noisy_copy(target, 0.5), 4)
+    policy = specdec.SmartSpec(latency=synthetic_latency(target, "DraftModel"))
+    out = specdec.generate(target, ids, drafter, attention_mask=mask, max_new_tokens=24, eos_token_id=[],
+                           pad_token_id=PAD, speculation=policy)
+    assert torch.equal(out.sequences, expected)
+
+
+def test_sampled_output_is_the_targets_law_while_k_changes():
+    """Exact enumeration: a fresh SmartSpec per run changes k step to step; the law is exactly the target's."""
+    target, draft = models()
+    expected = exact_law(target, 3, specdec.SamplingConfig(do_sample=True))
+    latency = synthetic_latency(target, "DraftModel", verify=(1.0, 0.0, 0.02, 0.0, 0.1))
+
+    def run(rng):
+        policy = specdec.SmartSpec(max_depth=2, latency=latency, prior=0.6, decay=0.2)
+        out = specdec.generate(target, PROMPT, drafters.DraftModel(draft, 2), max_new_tokens=3, do_sample=True,
+                               eos_token_id=[], randomness=rng, speculation=policy)
+        return generated(out)
+
+    law = enumerate_law(run)
+    assert abs(sum(law.values()) - 1) < 1e-9
+    assert max(abs(law[s] - expected[s]) for s in expected) < 1e-9
+
+
+def test_a_latency_model_for_another_setting_is_refused(target, tmp_path):
+    other = synthetic_latency(target)
+    other.key = {**other.key, "threads": other.key["threads"] + 7}
+    path = other.save(tmp_path / "latency.json")
+    ids, ref = reference(target, 8)
+    with pytest.raises(ValueError, match="another setting.*threads"):
+        specdec.generate(target, ids, Scripted(ref, lambda s: 1), max_new_tokens=4,
+                         speculation=specdec.SmartSpec(latency=path))
+    with pytest.raises(ValueError, match="another setting"):
+        specdec.generate(target, ids, Scripted(ref, lambda s: 1), max_new_tokens=4,
+                         speculation=specdec.SmartSpec(latency=other))
+
+
+@pytest.mark.parametrize("kwargs,error,message", [
+    (dict(max_depth=0), ValueError, "max_depth"), (dict(prior=1.5), ValueError, "prior"),
+    (dict(decay=1.0), ValueError, "decay"), (dict(margin=0.5), ValueError, "margin"),
+    (dict(latency=5), TypeError, "latency"), (dict(probe_every=0), ValueError, "probe_every"),
+])
+def test_bad_arguments(kwargs, error, message):
+    with pytest.raises(error, match=message):
+        specdec.SmartSpec(**kwargs)
+
+
+def test_latency_regression_fits_and_round_trips(tmp_path, target):
+    import numpy as np
+
+    from specdec.latency import fit, verify_features
+
+    grid = list(itertools.product((1, 2, 4), (0, 1, 3, 7), (64, 512)))
+    b, n, c = (np.array(x, dtype=float) for x in zip(*grid))
+    y = 0.04 + 0.002 * b * (n + 1) + 0.00001 * b * c + 0.01 * (n > 0)
+    model = fit(lambda form: verify_features(b, n, c, form), y)
+    assert model.r2_heldout > 0.999
+    saved = LatencyModel(latency_key(target), model).save(tmp_path / "m.json")
+    back = LatencyModel.load(saved, latency_key(target))
+    assert abs(back.verify_seconds(2, 3, 512) - (0.04 + 0.002 * 8 + 0.00001 * 1024 + 0.01)) < 1e-6
