@@ -112,7 +112,7 @@ def run(cfg: DictConfig, method_configs: dict[str, DictConfig], out_dir: str, st
     for name, node in method_configs.items():
         try:
             if name.startswith(SPECDEC_PREFIX):
-                methods.append(build_specdec(name, node, model, decoding))
+                methods.append(build_specdec(name, node, model, decoding, cfg.get("speculation")))
             else:
                 methods.append(build_method(name, node, model, decoding))
         except Exception as error:  # instantiate wraps the drafter's own error

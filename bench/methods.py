@@ -127,7 +127,17 @@ def instantiate_with_target(cfg: DictConfig, target_model: torch.nn.Module, **kw
     return instantiate(fill(container), **kwargs)
 
 
-def build_specdec(name: str, drafter_cfg: DictConfig, target_model, decoding: DecodeConfig) -> Specdec:
+def speculation_policy(value):
+    """The bench's ``speculation`` setting: null (the drafter's own depth), an int, or ``smartspec``."""
+    if value is None or isinstance(value, int):
+        return value
+    if str(value).lower() == "smartspec":
+        return specdec.SmartSpec()
+    raise ValueError(f"speculation must be null, an int or 'smartspec', got {value!r}")
+
+
+def build_specdec(name: str, drafter_cfg: DictConfig, target_model, decoding: DecodeConfig,
+                  speculation=None) -> Specdec:
     """A specdec method from a ``configs/drafter/`` config (``_target_: null`` is no drafter).
 
     A ``generate:`` mapping in the config is not part of the drafter: it holds extra keyword
@@ -141,7 +151,7 @@ def build_specdec(name: str, drafter_cfg: DictConfig, target_model, decoding: De
     drafter = None
     if drafter_cfg.get("_target_") is not None:
         drafter = instantiate_with_target(drafter_cfg, target_model)
-    return Specdec(name, decoding, drafter, **extra)
+    return Specdec(name, decoding, drafter, speculation=speculation_policy(speculation) if drafter else None, **extra)
 
 
 def build_method(name: str, method_cfg: DictConfig, target_model, decoding: DecodeConfig) -> Method:

@@ -49,19 +49,31 @@ def load_model(name_or_path: str | os.PathLike, dtype: torch.dtype = torch.float
                cache_dir: str | os.PathLike | None = None):
     """Return ``(model, tokenizer)``: the model in eval mode and in ``dtype``.
 
-    ``name_or_path`` is a known name (see ``REGISTRY``, case-insensitive) or a local
-    directory that ``AutoModelForCausalLM.from_pretrained`` can read.
+    ``name_or_path`` is a known name (see ``REGISTRY``, case-insensitive), a local directory,
+    or a Hugging Face Hub id: whatever ``AutoModelForCausalLM.from_pretrained`` accepts (a Hub id
+    loads from the local Hugging Face cache when the Hub cannot be reached).
     """
     key = str(name_or_path).strip().lower()
     if key in REGISTRY:
-        path = cached_model_dir(key, cache_dir)
-    elif Path(name_or_path).is_dir():
-        path = Path(name_or_path)
-    else:
-        raise ValueError(
-            f"unknown model {str(name_or_path)!r}: known names are {sorted(REGISTRY)}; "
-            "a local Hugging Face model directory is also accepted")
-    return _load_hf_dir(path, dtype)
+        return _load_hf_dir(cached_model_dir(key, cache_dir), dtype)
+    path = Path(name_or_path)
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise ValueError(f"{path} is not a Hugging Face model directory (it has no config.json); "
+                             f"known names are {sorted(REGISTRY)}")
+        return _load_hf_dir(path, dtype)
+    if path.exists() or str(name_or_path).count("/") != 1:
+        raise ValueError(f"unknown model {str(name_or_path)!r}: known names are {sorted(REGISTRY)}; "
+                         "a local Hugging Face model directory or a Hub id (owner/name) is also accepted")
+    try:  # the local Hugging Face cache first: no network round trips when it has the model
+        return _load_hf_dir(str(name_or_path), dtype, local_files_only=True)
+    except OSError:
+        pass
+    try:
+        return _load_hf_dir(str(name_or_path), dtype)
+    except OSError as error:
+        raise ValueError(f"could not load {str(name_or_path)!r} as a Hub id (offline, or not in the local "
+                         f"Hugging Face cache?): {error}") from None
 
 
 def default_cache_dir() -> Path:
@@ -101,11 +113,11 @@ def load_gguf(gguf_path: str | os.PathLike, dtype: torch.dtype = torch.float32):
     return model.to(dtype).eval(), tokenizer
 
 
-def _load_hf_dir(path: Path, dtype: torch.dtype):
+def _load_hf_dir(path, dtype: torch.dtype, **options):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(path)
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+    tokenizer = AutoTokenizer.from_pretrained(path, **options)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, **options)
     return model.eval(), tokenizer
 
 

@@ -64,6 +64,8 @@ class SmartSpec(SpeculationPolicy):
     # ---- set-up ---------------------------------------------------------------------------------
     def start(self, model, drafter) -> None:
         """Bind to the job's model and drafter: the latency model, the priors, the depth limit."""
+        self.row_rates.clear()  # sequence ids are per job; what was learnt for the batch carries over
+        self.row_counts.clear()
         if drafter is None:
             return
         self.drafter_name = type(drafter).__name__

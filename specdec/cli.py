@@ -1,0 +1,122 @@
+"""``python -m specdec`` (or ``specdec``): generate text with speculative decoding, streamed, then the stats.
+
+Examples::
+
+    specdec "Why is the sky blue?"                                   # prompt lookup, greedy
+    specdec --drafter chimera "Summarise: ..." --max-new-tokens 200
+    specdec --chat chat.json --drafter draft_model --sample --temperature 0.7 --seed 0
+    echo "Translate into French: good morning" | specdec --drafter none
+
+The prompt is sent as one user turn through the model's chat template (``--raw`` sends it as
+plain text instead); ``--chat`` reads a JSON list of ``{"role", "content"}`` messages.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+DRAFTERS = ("none", "prompt_lookup", "draft_model", "medusa", "chimera", "rsd")
+ARTIFACTS = {"draft_model": "artifacts/draft-{name}", "rsd": "artifacts/draft-{name}",
+             "medusa": "artifacts/medusa-{name}", "chimera": "artifacts/chimera-{name}"}
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="specdec", description="Generate text with lossless speculative decoding: greedy output is the "
+        "model's own greedy output, sampled output is distributed as the model's.",
+        formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("Examples::")[1].split("The prompt")[0])
+    p.add_argument("prompt", nargs="?", help="the user's message (default: read standard input)")
+    p.add_argument("--chat", type=Path, help="a JSON file holding a list of {role, content} messages")
+    p.add_argument("--raw", action="store_true", help="send the prompt as plain text, without the chat template")
+    p.add_argument("--model", default="smollm2-135m-instruct",
+                   help="a packaged model name, a local Hugging Face directory or a Hub id (default: %(default)s)")
+    p.add_argument("--drafter", choices=DRAFTERS, default="prompt_lookup", help="how tokens are drafted (default: %(default)s)")
+    p.add_argument("--draft-path", help="the drafter's artifact (default: artifacts/<kind>-<model> when it exists)")
+    p.add_argument("--speculation", default=None,
+                   help="draft depth: an int, 'smartspec' (chosen each step from goodput), or the drafter's default")
+    p.add_argument("--max-new-tokens", type=int, default=256)
+    p.add_argument("--sample", action="store_true", help="sample instead of greedy decoding")
+    p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument("--top-k", type=int, default=0)
+    p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    p.add_argument("--no-stream", action="store_true", help="print the answer at the end instead of streaming it")
+    p.add_argument("--json", action="store_true", help="end with the stats as one JSON line")
+    return p
+
+
+def build_drafter(kind: str, model, model_name: str, path: str | None):
+    from specdec import drafters
+
+    if kind == "none":
+        return None
+    if kind == "prompt_lookup":
+        return drafters.PromptLookup(num_tokens=10, max_ngram=3)
+    path = path or ARTIFACTS[kind].format(name=Path(str(model_name)).name.lower())
+    if kind in ("draft_model", "rsd"):
+        draft = drafters.load_draft_model(model, path)
+        if kind == "draft_model":
+            return drafters.DraftModel(draft, num_tokens=4)
+        return drafters.RecursiveTree(draft, (2, 2, 2, 2, 1, 1, 1, 1), method="gumbel_topk", max_nodes=8)
+    if kind == "medusa":
+        return drafters.Medusa.from_pretrained(path, model)
+    return drafters.Chimera.from_pretrained(path, model)
+
+
+def messages_of(args) -> list[dict] | str:
+    if args.chat is not None:
+        chat = json.loads(args.chat.read_text(encoding="utf-8"))
+        if not isinstance(chat, list) or not all(isinstance(m, dict) and {"role", "content"} <= set(m) for m in chat):
+            raise SystemExit(f"{args.chat}: expected a JSON list of {{\"role\", \"content\"}} messages")
+        return chat
+    text = args.prompt if args.prompt is not None else sys.stdin.read()
+    if not text.strip():
+        raise SystemExit("no prompt: give one as an argument, on standard input, or with --chat")
+    return text if args.raw else [{"role": "user", "content": text}]
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    import torch
+    from transformers import TextStreamer
+
+    import specdec
+    from specdec.chat import encode_chat
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.max_new_tokens < 1:
+        raise SystemExit("--max-new-tokens must be at least 1")
+    model, tokenizer = specdec.load_model(args.model)
+    prompt = messages_of(args)
+    ids = tokenizer(prompt, return_tensors="pt")["input_ids"] if isinstance(prompt, str) else encode_chat(tokenizer, prompt)
+    drafter = build_drafter(args.drafter, model, args.model, args.draft_path)
+    speculation = args.speculation
+    if speculation is not None:
+        speculation = specdec.SmartSpec() if speculation.lower() == "smartspec" else int(speculation)
+    streamer = None if args.no_stream else TextStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
+    sampling = dict(do_sample=True, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p) if args.sample else {}
+    started = time.perf_counter()
+    with torch.inference_mode():
+        out = specdec.generate(model, ids, drafter, max_new_tokens=args.max_new_tokens, seed=args.seed,
+                               speculation=speculation if drafter is not None else None, streamer=streamer, **sampling)
+    seconds = time.perf_counter() - started
+    if args.no_stream:
+        print(tokenizer.decode(out.sequences[0, ids.shape[1]:], skip_special_tokens=True))
+    stats = out.stats
+    rates = " / ".join(f"{a:.2f}" for a in stats.acceptance_by_position()[:8]) or "-"
+    print(f"\n[{stats.tokens_generated} tokens in {seconds:.1f} s: {stats.tokens_generated / seconds:.1f} tokens/s, "
+          f"{stats.mean_accepted_tokens:.2f} tokens per step, acceptance by position {rates}; "
+          f"drafter {args.drafter}, {'sampled' if args.sample else 'greedy'}]", file=sys.stderr)
+    if args.json:
+        print(json.dumps({"tokens": stats.tokens_generated, "seconds": seconds, **{
+            k: v for k, v in stats.as_dict().items() if k in ("steps", "mean_accepted_tokens", "acceptance_by_position")}}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
