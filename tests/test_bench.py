@@ -48,7 +48,7 @@ def test_default_run_writes_every_documented_field(default_run):
     assert set(doc["environment"]) == ENVIRONMENT and set(doc["timing"]) == TIMING
     assert doc["methods"] == ALL_METHODS and doc["baseline"] == "hf_generate"
     # no Medusa heads exist for the random tiny target: `methods=all` skips them and says why
-    assert set(doc["skipped"]) == {"specdec_medusa", "specdec_medusa_typical"}
+    assert set(doc["skipped"]) == {"specdec_chimera", "specdec_medusa", "specdec_medusa_typical"}
     assert all("artifact" in why and "not found" in why for why in doc["skipped"].values())
     assert list(doc["by_category"]) == CATEGORIES == doc["dataset"]["categories"]
     for table in [doc["overall"], *doc["by_category"].values()]:
