@@ -10,6 +10,7 @@ keyword arguments naming its fields, or both (keywords win)::
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from dataclasses import dataclass
 
 from .sampling import SamplingConfig
@@ -34,6 +35,14 @@ class DecodeConfig:
         self.sampling  # validates temperature, top_k and top_p
         if self.typical_acceptance is not None:
             object.__setattr__(self, "typical_acceptance", _typical(self.typical_acceptance))
+        if not self.do_sample:
+            ignored = [name for name, value, default in (("temperature", self.temperature, 1.0), ("top_k", self.top_k, 0),
+                                                         ("top_p", self.top_p, 1.0),
+                                                         ("typical_acceptance", self.typical_acceptance, None))
+                       if value != default]
+            if ignored:
+                warnings.warn(f"{', '.join(ignored)} only apply when sampling; with do_sample=False decoding is "
+                              "exact greedy and ignores them", UserWarning, stacklevel=3)
 
     @property
     def sampling(self) -> SamplingConfig:

@@ -4,8 +4,13 @@ from __future__ import annotations
 import torch
 
 
-def check_inputs(model, input_ids, attention_mask, max_new_tokens: int, drafter) -> None:
-    """Raise a clear error for input ``generate`` cannot decode correctly."""
+def check_inputs(model, input_ids, attention_mask, max_new_tokens: int, drafter, pad_token_id=None) -> None:
+    """Raise a clear error for input ``generate`` cannot decode correctly.
+
+    A batch whose rows start with the pad token but comes without ``attention_mask`` is refused,
+    not warned about as Hugging Face does: without a mask the padding would be decoded as text
+    and the answers would silently differ from each row's own.
+    """
     from .drafters.base import Drafter
 
     if not isinstance(input_ids, torch.Tensor) or input_ids.dim() != 2:
@@ -18,6 +23,14 @@ def check_inputs(model, input_ids, attention_mask, max_new_tokens: int, drafter)
     vocab = model.get_output_embeddings().weight.shape[0]
     if int(input_ids.min()) < 0 or int(input_ids.max()) >= vocab:
         raise ValueError(f"input_ids holds token ids outside the model's vocabulary [0, {vocab})")
+    if attention_mask is None and input_ids.shape[0] > 1:
+        pad = pad_token_id if pad_token_id is not None else getattr(getattr(model, "generation_config", None),
+                                                                    "pad_token_id", None)
+        if pad is not None and bool((input_ids[:, 0] == pad).any()):
+            raise ValueError(
+                f"input_ids is a batch whose rows start with the pad token ({pad}) but no attention_mask was given: "
+                "padding would be decoded as text.  Pass the tokenizer's attention_mask (left padding), or "
+                "attention_mask=torch.ones_like(input_ids) if those tokens are real")
     if attention_mask is not None:
         if attention_mask.shape != input_ids.shape:
             raise ValueError(
@@ -39,9 +52,24 @@ def check_inputs(model, input_ids, attention_mask, max_new_tokens: int, drafter)
 
 
 def prompt_rows(prompts) -> list[list[int]]:
-    """``generate_pool``'s prompts as lists of token ids (from lists or 1D tensors)."""
-    if isinstance(prompts, torch.Tensor) or not isinstance(prompts, (list, tuple)) or not prompts:
-        raise ValueError("prompts must be a non-empty list of token-id lists or 1D tensors")
+    """``generate_pool``'s prompts as lists of token ids: a list of id lists or 1D tensors, or a tokenizer's
+    batch (``BatchEncoding`` or a dict with ``input_ids`` and ``attention_mask``; padding is dropped)."""
+    if hasattr(prompts, "keys") and "input_ids" in prompts:
+        ids, mask = prompts["input_ids"], prompts.get("attention_mask")
+        ids = ids.tolist() if isinstance(ids, torch.Tensor) else list(ids)
+        if mask is None:
+            if len({len(row) for row in ids}) > 1 or len(ids) == 1:
+                return prompt_rows(ids)
+            raise ValueError("a batch of prompts without attention_mask: pass the tokenizer's attention_mask too, "
+                             "so that padding is not read as text")
+        mask = mask.tolist() if isinstance(mask, torch.Tensor) else list(mask)
+        return prompt_rows([[t for t, m in zip(row, keep) if m] for row, keep in zip(ids, mask)])
+    if isinstance(prompts, torch.Tensor):
+        raise ValueError(f"prompts must be a list of token-id lists or 1D tensors (or a tokenizer's BatchEncoding), "
+                         f"got a {prompts.dim()}D tensor: for a padded batch pass its attention_mask through a "
+                         f"BatchEncoding, for equal-length rows pass list(tensor)")
+    if not isinstance(prompts, (list, tuple)) or not prompts:
+        raise ValueError(f"prompts must be a non-empty list of token-id lists or 1D tensors, got {type(prompts).__name__}")
     rows = []
     for i, p in enumerate(prompts):
         if isinstance(p, torch.Tensor):
@@ -49,7 +77,8 @@ def prompt_rows(prompts) -> list[list[int]]:
                 raise ValueError(f"prompt {i} must be a 1D tensor of token ids, got shape {tuple(p.shape)}")
             p = p.tolist()
         if not isinstance(p, (list, tuple)) or not p or not all(isinstance(t, int) for t in p):
-            raise ValueError(f"prompt {i} must be a non-empty list of int token ids")
+            raise ValueError(f"prompt {i} must be a non-empty list of int token ids, got {type(p).__name__}"
+                             + (f" of {type(p[0]).__name__}" if isinstance(p, (list, tuple)) and p else ""))
         rows.append(list(p))
     return rows
 
