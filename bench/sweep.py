@@ -1,0 +1,169 @@
+"""``python -m specdec.bench.sweep``: SmartSpec against fixed speculation depths, per drafter and batch size.
+
+For every drafter (``drafters``; those whose artifact is missing are skipped) and batch size
+(``batch_sizes``), the dataset's prompts are decoded by ``specdec.generate_pool`` (fixed batches)
+with SmartSpec and with each fixed depth in ``depths`` (0 is plain decoding), interleaved: each cell
+runs its policies in a rotated order.  Throughput is generated tokens per second over the cell's
+prompts.  The report gives, per cell, every policy's throughput, the best fixed depth, and
+SmartSpec's ratio to it and to plain decoding; averaged over the cells, SmartSpec against every
+single fixed depth.  Writes ``sweep.json``, ``sweep.md`` and ``sweep.png`` (SmartSpec's chosen depth
+over a run, and its predicted against measured step time).
+"""
+from __future__ import annotations
+
+import datetime
+import json
+import logging
+import statistics
+import time
+from pathlib import Path
+
+import hydra
+import torch
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+import specdec
+
+from .app import _decoding, _environment, _quiet_transformers
+from .methods import instantiate_with_target
+from .prompts import encode, load_prompts
+
+log = logging.getLogger("specdec.bench.sweep")
+
+
+@hydra.main(version_base="1.3", config_path="pkg://specdec.configs", config_name="sweep")
+def main(cfg: DictConfig) -> None:
+    _quiet_transformers()
+    document = run(cfg, HydraConfig.get().runtime.output_dir)
+    print(markdown(document), flush=True)
+    print(json.dumps({"target": document["target"], "output_dir": document["output_dir"],
+                      "mean_vs_fixed": document["summary"]["smartspec_over_fixed"]}, separators=(",", ":")), flush=True)
+
+
+def build_drafters(cfg: DictConfig, model) -> tuple[dict, dict]:
+    built, skipped = {}, {}
+    overrides = [o for o in HydraConfig.get().overrides.task if not o.split("=", 1)[0].lstrip("+~").startswith("drafter")]
+    for name in cfg.drafters:
+        node = hydra.compose(HydraConfig.get().job.config_name, overrides=overrides + [f"+drafter={name}"]).drafter
+        container = {k: v for k, v in OmegaConf.to_container(node, resolve=True, throw_on_missing=False).items()
+                     if k != "generate"}
+        try:
+            built[name] = instantiate_with_target(OmegaConf.create(container), model)
+        except Exception as error:
+            missing = error if isinstance(error, FileNotFoundError) else error.__cause__
+            if not isinstance(missing, FileNotFoundError):
+                raise
+            skipped[name] = str(missing)
+            log.warning("skipping %s: %s", name, missing)
+    return built, skipped
+
+
+def run(cfg: DictConfig, out_dir: str) -> dict:
+    started = time.perf_counter()
+    if cfg.target.get("num_threads"):
+        torch.set_num_threads(int(cfg.target.num_threads))
+    model, tokenizer = instantiate(cfg.target.load)
+    decoding = _decoding(cfg, model, tokenizer)
+    prompts = load_prompts(cfg.dataset.path, cfg.dataset.categories, cfg.dataset.per_category)
+    rows = [encode(tokenizer, p.messages)[0].tolist() for p in prompts]
+    drafters, skipped = build_drafters(cfg, model)
+    depths = [int(d) for d in cfg.depths]
+    policies = ["smartspec"] + [f"k={d}" for d in depths]
+    cells, traces = [], {}
+    smartspec = {name: specdec.SmartSpec(max_depth=int(cfg.max_depth)) for name in drafters}  # learns across cells
+    with torch.inference_mode():
+        for name, drafter in drafters.items():  # warm-up, and SmartSpec's first-use profile, off the clock
+            specdec.generate_pool(model, rows[:2], drafter, batch_size=2, schedule="eqspec", config=decoding,
+                                  max_new_tokens=8, speculation=smartspec[name])
+        for name, drafter in drafters.items():
+            for batch_size in [int(b) for b in cfg.batch_sizes]:
+                order = policies[len(cells) % len(policies):] + policies[:len(cells) % len(policies)]
+                cell = {"drafter": name, "batch_size": batch_size, "tokens_per_second": {}}
+                for policy in order:
+                    speculation = smartspec[name] if policy == "smartspec" else int(policy[2:])
+                    t0 = time.perf_counter()
+                    out = specdec.generate_pool(model, rows, drafter, batch_size=batch_size, schedule="eqspec",
+                                                config=decoding, speculation=speculation)
+                    seconds = time.perf_counter() - t0
+                    cell["tokens_per_second"][policy] = out.stats.tokens_generated / seconds
+                    if policy == "smartspec":
+                        cell["smartspec_depths"] = statistics.mean(max(d) for d in out.stats.depth_chosen)
+                        traces[f"{name}@{batch_size}"] = {
+                            "depth": [max(d) for d in out.stats.depth_chosen],
+                            "predicted": out.stats.predicted_seconds, "measured": out.stats.step_seconds}
+                fixed = {p: v for p, v in cell["tokens_per_second"].items() if p != "smartspec"}
+                best = max(fixed, key=fixed.get)
+                cell["best_fixed"] = best
+                cell["smartspec_over_best"] = cell["tokens_per_second"]["smartspec"] / fixed[best]
+                cell["smartspec_over_plain"] = cell["tokens_per_second"]["smartspec"] / fixed.get("k=0", float("nan"))
+                cells.append(cell)
+                log.info("%s B=%d: %s", name, batch_size, {k: round(v, 1) for k, v in cell["tokens_per_second"].items()})
+    summary = {"smartspec_over_fixed": {}, "cells_within_3pct": sum(c["smartspec_over_best"] >= 0.97 for c in cells),
+               "cells": len(cells), "min_over_plain": min((c["smartspec_over_plain"] for c in cells), default=None)}
+    for policy in policies[1:]:
+        ratios = [c["tokens_per_second"]["smartspec"] / c["tokens_per_second"][policy] for c in cells]
+        summary["smartspec_over_fixed"][policy] = statistics.mean(ratios) if ratios else None
+    latency = next(iter(smartspec.values())).latency if smartspec else None
+    document = {
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "target": cfg.target.name, "output_dir": str(out_dir), "policies": policies, "skipped": skipped,
+        "prompts": len(rows), "max_new_tokens": decoding.max_new_tokens, "cells": cells, "summary": summary,
+        "latency_model": None if latency is None else {"key": latency.key, "verify_r2": latency.verify.r2_heldout,
+                                                        "draft_r2": {k: v.r2_heldout for k, v in latency.draft.items()}},
+        "traces": traces, "environment": _environment(), "wall_seconds": time.perf_counter() - started,
+        "config": OmegaConf.to_container(cfg, resolve=True),
+    }
+    out = Path(out_dir)
+    (out / "sweep.json").write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8")
+    (out / "sweep.md").write_text(markdown(document) + "\n", encoding="utf-8")
+    plot(document, out / "sweep.png")
+    return document
+
+
+def markdown(document: dict) -> str:
+    policies = document["policies"]
+    lines = [f"# SmartSpec sweep: {document['target']}, {document['prompts']} prompts, "
+             f"{document['max_new_tokens']} new tokens", "",
+             "| drafter | batch | " + " | ".join(policies) + " | best fixed | SmartSpec / best | SmartSpec / plain | mean k |",
+             "|---|---:|" + "---:|" * (len(policies) + 4)]
+    for c in document["cells"]:
+        tps = " | ".join(f"{c['tokens_per_second'][p]:.1f}" for p in policies)
+        lines.append(f"| {c['drafter']} | {c['batch_size']} | {tps} | {c['best_fixed']} | "
+                     f"{c['smartspec_over_best']:.3f} | {c['smartspec_over_plain']:.3f} | {c.get('smartspec_depths', 0):.2f} |")
+    s = document["summary"]
+    lines += ["", f"SmartSpec within 3% of the best fixed depth in {s['cells_within_3pct']} of {s['cells']} cells; "
+              f"lowest ratio to plain decoding {s['min_over_plain']:.3f}." if s["min_over_plain"] is not None else "",
+              "Averaged over the cells, SmartSpec's throughput over each fixed depth: "
+              + ", ".join(f"{p} {v:.3f}" for p, v in s["smartspec_over_fixed"].items() if v is not None) + "."]
+    return "\n".join(lines)
+
+
+def plot(document: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5))
+    for name, trace in document["traces"].items():
+        left.plot(trace["depth"], label=name, linewidth=1)
+        pairs = [(p, m) for p, m in zip(trace["predicted"], trace["measured"]) if p is not None]
+        if pairs:
+            right.scatter([1e3 * p for p, _ in pairs], [1e3 * m for _, m in pairs], s=6, label=name)
+    left.set_xlabel("step")
+    left.set_ylabel("depth chosen by SmartSpec")
+    left.legend(fontsize=7)
+    lim = right.get_xlim()
+    right.plot(lim, lim, color="grey", linewidth=0.8)
+    right.set_xlabel("predicted step time (ms)")
+    right.set_ylabel("measured step time (ms)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,29 @@
+"""`python -m specdec.bench.sweep` end to end on the tiny target: every cell and policy, the ratios, the files."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+
+def test_sweep_on_the_tiny_target(tmp_path):
+    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", SPECDEC_CACHE=str(tmp_path / "cache"))
+    proc = subprocess.run([sys.executable, "-m", "specdec.bench.sweep", "target=tiny", f"hydra.run.dir={tmp_path}",
+                           "drafters=[draft_model,medusa]", "batch_sizes=[1,2]", "depths=[0,2]",
+                           "dataset.per_category=1", "max_new_tokens=8"],
+                          capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    doc = json.loads((tmp_path / "sweep.json").read_text())
+    assert {p.name for p in tmp_path.iterdir()} >= {"sweep.json", "sweep.md", "sweep.png"}
+    assert doc["policies"] == ["smartspec", "k=0", "k=2"] and set(doc["skipped"]) == {"medusa"}
+    assert [(c["drafter"], c["batch_size"]) for c in doc["cells"]] == [("draft_model", 1), ("draft_model", 2)]
+    for cell in doc["cells"]:
+        fixed = {p: v for p, v in cell["tokens_per_second"].items() if p != "smartspec"}
+        assert cell["best_fixed"] == max(fixed, key=fixed.get)
+        assert abs(cell["smartspec_over_best"] * fixed[cell["best_fixed"]] - cell["tokens_per_second"]["smartspec"]) < 1e-9
+    trace = doc["traces"]["draft_model@1"]
+    assert len(trace["depth"]) == len(trace["predicted"]) == len(trace["measured"]) and trace["depth"]
+    assert doc["latency_model"]["key"]["dtype"] == "float64"  # profiled on first use, in the tiny target's setting
+    summary = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert set(summary["mean_vs_fixed"]) == {"k=0", "k=2"}
