@@ -5,7 +5,8 @@ every row's next entry goes in the same column.  What is real is tracked explici
 ``mask`` (never inferred from token values: pad may equal EOS); a row's positions follow
 from its count of real entries.
 
-Storage is one preallocated buffer per layer (:class:`BufferLayer`): a forward writes its new
+Every layer keeps its whole history, sliding-window layers included (the attention masks apply
+the window; see :mod:`specdec.masks`).  Storage is one preallocated buffer per layer (:class:`BufferLayer`): a forward writes its new
 keys and values in place and attends over a view, so a step copies nothing of the cache (a
 Hugging Face ``DynamicCache`` concatenates, copying the whole cache, at every forward).
 :meth:`RaggedCache.keep` drops rejected draft entries: a chain's accepted prefix is a crop (no
@@ -23,14 +24,18 @@ GROWTH = 128  # spare columns allocated beyond what is needed, so appends rarely
 
 
 def check_cache_support(config) -> None:
-    """Raise when the model's cache is not one plain key/value tensor per layer (sliding windows, SSMs)."""
+    """Raise when a layer's cache is not a key/value store (linear or recurrent attention, SSMs).
+
+    Sliding-window layers are supported: every layer keeps its whole history here and the
+    attention masks apply the window, so a tree's slots and rows longer than the window are exact.
+    """
     probe = DynamicCache(config=config)
     kinds = {type(layer).__name__ for layer in probe.layers}
-    if any(probe.is_sliding) or kinds - {"DynamicLayer"}:
+    if kinds - {"DynamicLayer", "DynamicSlidingWindowLayer"}:
         family = getattr(config, "model_type", type(config).__name__)
         raise NotImplementedError(
-            f"{family} models keep {sorted(kinds)} cache layers (sliding-window or recurrent attention); "
-            "specdec's ragged cache supports full-attention layers only"
+            f"{family} models keep {sorted(kinds)} cache layers (linear or recurrent attention); "
+            "specdec's ragged cache supports key/value attention layers only"
         )
 
 

@@ -21,6 +21,7 @@ import torch
 
 from . import head as output_head
 from .kv import RaggedCache
+from .masks import tree_attention
 from .tree import DraftTree
 
 
@@ -114,7 +115,7 @@ class Target:
             if self.cache.padded:
                 mask = torch.cat([self.cache.mask, self.cache.mask.new_ones(b, n1)], dim=1).long()
         else:
-            mask = tree.attention_mask(self.cache.mask, self.dtype)
+            mask = tree_attention(self.model.config, self.cache.mask, tree, self.cache.lengths, self.dtype)
         out = self.decoder(
             input_ids=tree.verify_inputs(roots),
             attention_mask=mask,

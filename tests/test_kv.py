@@ -122,11 +122,11 @@ def test_a_model_attends_over_the_buffer_as_over_a_dynamic_cache():
             assert torch.allclose(a, b, atol=1e-12)
 
 
-def test_sliding_window_models_are_refused_by_name():
-    from transformers import MistralConfig
+def test_sliding_window_layers_keep_their_whole_history_and_recurrent_ones_are_refused():
+    from transformers import MambaConfig, MistralConfig
 
     config = MistralConfig(hidden_size=8, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1,
                            intermediate_size=16, vocab_size=16, sliding_window=4)
-    with pytest.raises(NotImplementedError, match="mistral"):
-        RaggedCache(config, 1, "cpu")
-    assert isinstance(RaggedCache(CONFIG, 1, "cpu").layers[0], BufferLayer)
+    assert all(isinstance(layer, BufferLayer) for layer in RaggedCache(config, 1, "cpu").layers)
+    with pytest.raises(NotImplementedError, match="mamba"):
+        RaggedCache(MambaConfig(vocab_size=16, hidden_size=8, num_hidden_layers=2), 1, "cpu")
