@@ -14,14 +14,14 @@ parameter names, same safetensors).
   over its own earlier draft positions.
 * **Residual head.** ``W_h h + W_s s`` over the reduced draft vocabulary, where h is the target's
   state at the last verified token and s the draft position's output: Chimera's Linear(2H -> V)
-  on concat(h, s), split in two.  ``W_h`` is frozen to the target's own output rows for the draft
-  vocabulary (taken from the target at load, not stored); ``W_s`` starts equal to it, so the head
-  starts as the target's head on h + s, as in the paper, and only ``W_s`` is trained.
+  on concat(h, s), split in two (``head_verified`` and ``head``).  Both halves start as the
+  target's own output rows for the draft vocabulary, so the head starts as the target's head on
+  h + s, as in the paper, and both are trained.
 
 Safetensors keys: ``trigram.residual.{weight,bias}``, ``trigram.proj.weight``,
 ``layer.{input_layernorm,post_attention_layernorm}.weight``,
 ``layer.self_attn.{q,k,v,o}_proj.weight``, ``layer.mlp.{gate,up,down}_proj.weight``,
-``head.weight`` [V', H], ``vocab.token_ids`` [V'] (target ids), plus shape metadata.
+``head_verified.weight`` and ``head.weight`` [V', H], ``vocab.token_ids`` [V'] (target ids).
 """
 from __future__ import annotations
 
@@ -160,15 +160,14 @@ class ChimeraDraft(nn.Module):
         self.config = config
         self.trigram = TrigramEncoder(config.hidden_size)
         self.layer = DecoderLayer(config)
+        self.head_verified = nn.Linear(config.hidden_size, config.draft_vocab_size, bias=False)
         self.head = nn.Linear(config.hidden_size, config.draft_vocab_size, bias=False)
         self.register_buffer("token_ids", torch.zeros(config.draft_vocab_size, dtype=torch.long), persistent=False)
-        self.register_buffer("head_rows", torch.zeros(config.draft_vocab_size, config.hidden_size), persistent=False)
 
-    def bind(self, embeddings: torch.Tensor, head_weight: torch.Tensor, token_ids: torch.Tensor) -> "ChimeraDraft":
-        """Attach the target's embedding table [V, H] and its output rows for ``token_ids`` (frozen)."""
-        self.__dict__["embeddings"] = embeddings  # not a parameter: shared with the target, never saved
-        self.token_ids = torch.as_tensor(token_ids, dtype=torch.long, device=head_weight.device)
-        self.head_rows = head_weight.detach().index_select(0, self.token_ids).to(self.head.weight.dtype)
+    def bind(self, embeddings: torch.Tensor, token_ids: torch.Tensor) -> "ChimeraDraft":
+        """Attach the target's embedding table [V, H] (shared, never saved) and the draft vocabulary's target ids."""
+        self.__dict__["embeddings"] = embeddings
+        self.token_ids = torch.as_tensor(token_ids, dtype=torch.long, device=self.head.weight.device)
         return self
 
     def encode(self, trigram_ids: torch.Tensor) -> torch.Tensor:
@@ -186,7 +185,7 @@ class ChimeraDraft(nn.Module):
 
     def verified_logits(self, last_state: torch.Tensor) -> torch.Tensor:
         """``W_h h`` [B, V'] for the target's state at the last verified token (once per step)."""
-        return last_state.to(self.head_rows.dtype) @ self.head_rows.T
+        return self.head_verified(last_state.to(self.head.weight.dtype))
 
     def logits(self, verified: torch.Tensor, states: torch.Tensor) -> torch.Tensor:
         """Draft logits [B, M, V'] over the draft vocabulary: ``W_h h + W_s s``."""

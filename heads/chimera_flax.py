@@ -37,6 +37,7 @@ class ChimeraFlax(nn.Module):
         self.gate_proj = dense(c.intermediate_size, "gate_proj")
         self.up_proj = dense(c.intermediate_size, "up_proj")
         self.down_proj = dense(c.hidden_size, "down_proj")
+        self.head_verified = dense(c.draft_vocab_size, "head_verified")
         self.head = dense(c.draft_vocab_size, "head")
 
     def encode(self, trigram_embeds):
@@ -53,13 +54,12 @@ class ChimeraFlax(nn.Module):
         k = k * cos[:, :, None] + _rotate_half(k) * sin[:, :, None]
         return k, v
 
-    def __call__(self, embeds, prev1, prev2, hidden, positions, segment_ids, at, depths: int, head_rows):
+    def __call__(self, embeds, prev1, prev2, hidden, positions, segment_ids, at, depths: int):
         """Draft logits [B, D, A, V'] at answer positions ``at`` [B, A] for depths 1..D, and a validity mask [B, D, A].
 
         ``embeds`` [B, T, H]: the target's embeddings of the row's tokens; ``prev1``/``prev2`` [B, T]: the
         row positions of each token's one and two predecessors within its segment (itself at a segment
-        start); ``hidden`` [B, T, H]: the target's states; ``head_rows`` [V', H]: the target's (frozen) head
-        rows for the draft vocabulary.
+        start); ``hidden`` [B, T, H]: the target's states.
         """
         c = self.config
         b, t, _ = embeds.shape
@@ -92,7 +92,7 @@ class ChimeraFlax(nn.Module):
             y = self.post_attention_layernorm(x)
             s = x + self.down_proj(nn.silu(self.gate_proj(y)) * self.up_proj(y))
             last = jnp.maximum(at - d, 0)
-            verified = take(hidden, last) @ head_rows.T  # [B, A, V']
+            verified = self.head_verified(take(hidden, last))  # [B, A, V']
             out_logits.append(verified + self.head(s))
             out_valid.append((q_pos - d >= 0) & (pick(segment_ids, last) == seg_q))  # a verified state exists
         return jnp.stack(out_logits, axis=1), jnp.stack(out_valid, axis=1)
@@ -104,7 +104,7 @@ _NAMES = {  # Flax module name -> torch parameter prefix
     "input_layernorm": "layer.input_layernorm", "post_attention_layernorm": "layer.post_attention_layernorm",
     "q_proj": "layer.self_attn.q_proj", "k_proj": "layer.self_attn.k_proj", "v_proj": "layer.self_attn.v_proj",
     "o_proj": "layer.self_attn.o_proj", "gate_proj": "layer.mlp.gate_proj", "up_proj": "layer.mlp.up_proj",
-    "down_proj": "layer.mlp.down_proj", "head": "head",
+    "down_proj": "layer.mlp.down_proj", "head_verified": "head_verified", "head": "head",
 }
 
 

@@ -24,8 +24,7 @@ def random_draft(model, vocab_ids, seed=0, scale=0.3, dtype=torch.float64) -> Ch
         for name, p in draft.named_parameters():
             p.copy_(torch.randn(p.shape, generator=g) * scale / max(p.shape[-1], 1) ** 0.5 + (1.0 if "norm" in name else 0.0))
     draft = draft.to(dtype)
-    return draft.bind(model.get_input_embeddings().weight, model.get_output_embeddings().weight,
-                      torch.as_tensor(vocab_ids))
+    return draft.bind(model.get_input_embeddings().weight, torch.as_tensor(vocab_ids))
 
 
 def torch_logits(draft: ChimeraDraft, tokens: list[int], hidden: torch.Tensor, u: int, d: int) -> torch.Tensor:
@@ -59,8 +58,7 @@ def test_torch_and_flax_agree_through_the_safetensors_layout():
     at = np.array([[4, 7, 9]])
     logits, valid = ChimeraFlax(draft.config).apply(
         {"params": params}, jnp.asarray(embeds), jnp.asarray(prev1), jnp.asarray(prev2), jnp.asarray(hidden.numpy()[None]),
-        jnp.asarray(idx[None]), jnp.ones((1, len(tokens)), jnp.int32), jnp.asarray(at), 3,
-        jnp.asarray(draft.head_rows.numpy()))
+        jnp.asarray(idx[None]), jnp.ones((1, len(tokens)), jnp.int32), jnp.asarray(at), 3)
     logits = np.asarray(logits)
     assert np.asarray(valid).all()
     with torch.no_grad():
@@ -169,7 +167,7 @@ def test_training_on_teacher_shards_lowers_the_loss_and_decodes_exactly(tmp_path
     config = ChimeraConfig.from_target(model.config, len(token_ids))
     module = ChimeraFlax(config)
     params = init_params(module, config, rows, 0, 2)
-    loss_fn = make_loss(module, jnp.asarray(rows), 2, 0.3, 0.8)
+    loss_fn = make_loss(module, 2, 0.3, 0.8)
     evaluate = make_evaluate(loss_fn, data, 2, 4)
     before = evaluate(params)
     cfg = TrainConfig(steps=80, batch_size=2, learning_rate=1e-2, warmup_steps=5, eval_every=80, checkpoint_every=80)

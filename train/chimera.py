@@ -9,8 +9,8 @@ only).  Loss per depth, weighted ``decay**(d-1)``: ``alpha`` x cross-entropy on 
 (skipped outside the draft vocabulary) + (1 - alpha) x cross-entropy to the target's top-k law at
 that position, renormalised over the draft vocabulary.
 
-The residual head's target half ``W_h`` is the target's own head rows for the draft vocabulary
-(frozen); its draft half ``W_s`` starts equal to it.  Export: ``chimera.safetensors`` (bf16) with
+Both halves of the residual head (``W_h`` on the last verified state, ``W_s`` on the draft state)
+start as the target's own head rows for the draft vocabulary, as in the paper, and are trained.  Export: ``chimera.safetensors`` (bf16) with
 ``vocab.token_ids``, and ``card.json`` (config, tree defaults, data, steps, losses, held-out top-1
 per depth, coverage, measured acceptance per position and per benchmark category, and cost).
 """
@@ -38,13 +38,13 @@ from .packing import BASE_KEYS, PackedTeacher, draft_index, load_arrays
 log = logging.getLogger("specdec.train.chimera")
 
 
-def make_loss(module: ChimeraFlax, head_rows: jnp.ndarray, depths: int, alpha: float, decay: float):
+def make_loss(module: ChimeraFlax, depths: int, alpha: float, decay: float):
     weights = jnp.asarray([decay ** d for d in range(depths)], jnp.float32)
 
     def loss_fn(params, batch):
         logits, valid = module.apply({"params": params}, batch["inputs_embeds"], batch["prev1"], batch["prev2"],
-                                     batch["hidden"], batch["positions"], batch["segment_ids"], batch["at"], depths,
-                                     head_rows)  # [B, D, A, V'], [B, D, A]
+                                     batch["hidden"], batch["positions"], batch["segment_ids"], batch["at"],
+                                     depths)  # [B, D, A, V'], [B, D, A]
         logq = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
         w = valid * batch["weight"][:, None, :]  # [B, D, A]
         soft = -(batch["soft_probs"][:, None] * jnp.take_along_axis(logq, batch["soft_ids"][:, None], -1)).sum(-1)
@@ -80,13 +80,14 @@ def make_evaluate(loss_fn, data: PackedTeacher, batch_size: int, rows: int):
 
 
 def init_params(module: ChimeraFlax, config: ChimeraConfig, head_rows: np.ndarray, seed: int, depths: int) -> dict:
-    """Fresh parameters with the draft half of the residual head equal to the target's (frozen) half."""
+    """Fresh parameters with both halves of the residual head equal to the target's rows for the draft vocabulary."""
     h = config.hidden_size
     dummy = dict(embeds=jnp.zeros((1, 4, h)), prev1=jnp.zeros((1, 4), jnp.int32), prev2=jnp.zeros((1, 4), jnp.int32),
                  hidden=jnp.zeros((1, 4, h)), positions=jnp.arange(4)[None], segment_ids=jnp.ones((1, 4), jnp.int32),
-                 at=jnp.zeros((1, 2), jnp.int32), depths=depths, head_rows=jnp.asarray(head_rows))
+                 at=jnp.zeros((1, 2), jnp.int32), depths=depths)
     params = jax.device_get(module.init(jax.random.PRNGKey(seed), **dummy)["params"])
     params["head"]["kernel"] = jnp.asarray(head_rows.T)
+    params["head_verified"]["kernel"] = jnp.asarray(head_rows.T)
     return params
 
 
@@ -125,7 +126,7 @@ def main(cfg: DictConfig) -> None:
     module = ChimeraFlax(config)
     tcfg = TrainConfig(**OmegaConf.to_container(cfg.optim, resolve=True))
     params = init_params(module, config, head_rows, tcfg.seed, depths)
-    loss_fn = make_loss(module, jnp.asarray(head_rows), depths, float(cfg.alpha), float(cfg.decay))
+    loss_fn = make_loss(module, depths, float(cfg.alpha), float(cfg.decay))
     evaluate = make_evaluate(loss_fn, valid_data, tcfg.batch_size, int(cfg.eval_rows))
 
     def batch_at(step: int) -> dict:

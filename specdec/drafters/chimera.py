@@ -78,7 +78,7 @@ class Chimera(Drafter):
         draft = ChimeraDraft(config)
         draft.load_state_dict({k: v.to(dtype) for k, v in tensors.items()})
         draft = draft.to(dtype)
-        draft.bind(target_model.get_input_embeddings().weight, target_model.get_output_embeddings().weight, token_ids)
+        draft.bind(target_model.get_input_embeddings().weight, token_ids)
         defaults = card.get("tree", {})
         return cls(draft, **{**{k: defaults[k] for k in ("depth", "branch", "width", "max_nodes") if k in defaults},
                              **options})
