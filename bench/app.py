@@ -27,10 +27,9 @@ from omegaconf import DictConfig, OmegaConf
 
 import specdec
 
-from . import metrics, report
+from . import metrics, report, runner
 from .methods import build_method, build_specdec
 from .prompts import encode, load_prompts
-from .runner import run_prompts, warm_up
 
 log = logging.getLogger("specdec.bench")
 SPECDEC_PREFIX = "specdec_"
@@ -101,6 +100,9 @@ def run(cfg: DictConfig, method_configs: dict[str, DictConfig], out_dir: str, st
     started = time.perf_counter() if started is None else started
     if cfg.target.get("num_threads"):
         torch.set_num_threads(int(cfg.target.num_threads))
+    monitor = runner.LoadMonitor()  # load and calibration before anything heavy of ours runs
+    monitor.sample()
+    calibration_before = runner.calibrate()
     timing = {}
     t0 = time.perf_counter()
     model, tokenizer = instantiate(cfg.target.load)
@@ -110,6 +112,7 @@ def run(cfg: DictConfig, method_configs: dict[str, DictConfig], out_dir: str, st
 
     methods, skipped = [], {}
     for name, node in method_configs.items():
+        t1 = time.perf_counter()
         try:
             if name.startswith(SPECDEC_PREFIX):
                 methods.append(build_specdec(name, node, model, decoding, cfg.get("speculation")))
@@ -121,18 +124,25 @@ def run(cfg: DictConfig, method_configs: dict[str, DictConfig], out_dir: str, st
                 raise
             skipped[name] = str(missing)
             log.warning("skipping %s: %s", name, missing)
+            continue
+        log.info("built %s in %.1f s", name, time.perf_counter() - t1)
+    timing["build_seconds"] = time.perf_counter() - t0 - timing["load_seconds"]
     prompts = load_prompts(cfg.dataset.path, cfg.dataset.categories, cfg.dataset.per_category)
     encoded = [encode(tokenizer, p.messages) for p in prompts]
-    log.info("%d methods x %d prompts, max_new_tokens=%d: %s", len(methods), len(prompts),
+    repeats = int(cfg.repeats)
+    log.info("%d methods x %d prompts x %d repeats, max_new_tokens=%d: %s", len(methods), len(prompts), repeats,
              cfg.max_new_tokens, ", ".join(m.name for m in methods))
 
     t0 = time.perf_counter()
-    warm_up(methods, model, encode(tokenizer, OmegaConf.to_container(cfg.warmup.messages)), cfg.warmup.max_new_tokens)
+    timing["warmup_by_method"] = runner.warm_up(methods, model,
+                                                encode(tokenizer, OmegaConf.to_container(cfg.warmup.messages)),
+                                                cfg.warmup.max_new_tokens, progress=cfg.progress)
     timing["warmup_seconds"] = time.perf_counter() - t0
     t0 = time.perf_counter()
-    records = run_prompts(methods, model, prompts, encoded, cfg.baseline, greedy=not cfg.do_sample,
-                          progress=cfg.progress)
+    records = runner.run_prompts(methods, model, prompts, encoded, cfg.baseline, greedy=not cfg.do_sample,
+                                 repeats=repeats, progress=cfg.progress, monitor=monitor)
     timing["run_seconds"] = time.perf_counter() - t0
+    load = _check_load(cfg, monitor, calibration_before)
     timing["wall_seconds"] = time.perf_counter() - started
 
     names = [m.name for m in methods]
@@ -143,6 +153,8 @@ def run(cfg: DictConfig, method_configs: dict[str, DictConfig], out_dir: str, st
         "target": cfg.target.name,
         "baseline": cfg.baseline,
         "methods": names,
+        "repeats": repeats,
+        "spread": report.SPREAD,
         "skipped": skipped,
         "decoding": {k: getattr(decoding, k) for k in decoding.__dataclass_fields__
                      if k not in ("speculation", "typical_acceptance")},  # per-method settings
@@ -150,6 +162,7 @@ def run(cfg: DictConfig, method_configs: dict[str, DictConfig], out_dir: str, st
                     "per_category": cfg.dataset.per_category, "prompts": len(prompts)},
         "environment": _environment(),
         "timing": timing,
+        "load": load,
         "output_dir": str(out_dir),
         "overall": tables["overall"],
         "by_category": tables["by_category"],
@@ -174,6 +187,24 @@ def _decoding(cfg: DictConfig, model, tokenizer) -> specdec.DecodeConfig:
     return specdec.DecodeConfig(max_new_tokens=int(cfg.max_new_tokens), do_sample=bool(cfg.do_sample),
                     temperature=float(cfg.temperature), top_k=int(cfg.top_k), top_p=float(cfg.top_p),
                     eos_token_id=eos, pad_token_id=pad, seed=cfg.seed)
+
+
+def _check_load(cfg: DictConfig, monitor: runner.LoadMonitor, calibration_before: float) -> dict:
+    """Sample the load and calibrate once more after the run; judge it, and warn in the log if busy."""
+    monitor.sample()
+    load = metrics.load_verdict(monitor.samples, calibration_before, runner.calibrate(), os.cpu_count() or 1,
+                                torch.get_num_threads(), float(cfg.load.margin_per_core),
+                                float(cfg.load.max_calibration_change))
+    if load["busy"]:
+        log.warning("BUSY MACHINE, timings not trustworthy: %s", "; ".join(load["reasons"]))
+    else:
+        log.info("machine quiet: other processes' load at most %s (limit %.2f), calibration change %s",
+                 _fmt(load["others_max"], ".2f"), load["others_limit"], _fmt(load["calibration_change"], ".0%"))
+    return load
+
+
+def _fmt(value, spec: str) -> str:
+    return "unknown" if value is None else f"{value:{spec}}"
 
 
 def _environment() -> dict:

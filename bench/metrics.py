@@ -1,43 +1,75 @@
-"""Aggregate per-prompt records into per-method and per-category numbers.  Pure functions.
+"""Aggregate run records into per-method and per-category numbers, and judge the machine's load.  Pure functions.
 
-A record is one (prompt, method) run: ``prompt_id, category, method, new_tokens, seconds,
-steps, target_forwards, draft_seconds, verify_seconds, other_seconds, identical`` (the last
-four None where a method has no such measure).  Totals first, ratios of totals after, as
-Spec-Bench reports them:
+A record is one (prompt, method, repeat) run: ``prompt_id, category, method, repeat, new_tokens,
+seconds, steps, target_forwards, draft_seconds, verify_seconds, other_seconds, identical`` (the
+last four None where a method has no such measure).
 
-- ``tokens_per_second`` = total generated tokens / total seconds
-- ``speedup`` = baseline seconds per token / method seconds per token, both over the prompts
-  the two methods share
+Timings: each prompt's repeats collapse to their median first (a run slowed by a burst of other
+load is outvoted), then totals over prompts, then ratios of totals, as Spec-Bench reports them:
+
+- ``seconds`` = sum over prompts of the median seconds; ``new_tokens`` and ``target_forwards``
+  likewise (medians of counts that repeats reproduce anyway)
+- ``tokens_per_second`` = new_tokens / seconds
+- ``speedup`` = baseline seconds per token / method seconds per token, both from per-prompt
+  medians over the prompts the two share
+- ``*_min`` / ``*_max``: the spread, min-max over repeats taken per prompt: the same number with
+  every prompt's slowest (min) or fastest (max) repeat of the method, the baseline kept at its
+  medians.  The median-based value always lies inside.
+
+Counts pooled over every run:
+
 - ``mean_accepted_tokens`` = total tokens / total steps (tokens per token-yielding target
   forward, the bonus token included)
 - ``draft_share``, ``verify_share``, ``other_share`` = each part / (draft + verify + other)
-- ``equivalence`` = fraction of prompts whose output is the baseline's, token for token
+- ``equivalence`` = fraction of runs whose output is the baseline's (same round), token for token
 - ``acceptance_by_position`` = per draft depth i, the share of steps reaching i that accept it
   (:func:`specdec.stats.acceptance_by_position`; None for methods without stats)
 """
 from __future__ import annotations
 
-from collections import Counter
+import statistics
+from collections import Counter, defaultdict
 
 from specdec.stats import acceptance_by_position
 
-METRICS = ("prompts", "new_tokens", "seconds", "tokens_per_second", "speedup", "mean_accepted_tokens",
+METRICS = ("prompts", "runs", "new_tokens", "seconds", "tokens_per_second", "tokens_per_second_min",
+           "tokens_per_second_max", "speedup", "speedup_min", "speedup_max", "mean_accepted_tokens",
            "target_forwards", "draft_share", "verify_share", "other_share", "equivalence", "acceptance_by_position")
 
 
+def per_prompt(rows: list[dict]) -> dict[str, dict]:
+    """``{prompt_id: {seconds, fastest, slowest, new_tokens, target_forwards}}``: each prompt's repeats
+    collapsed (median seconds, their min and max, median counts)."""
+    groups = defaultdict(list)
+    for r in rows:
+        groups[r["prompt_id"]].append(r)
+    return {p: {"seconds": statistics.median(r["seconds"] for r in runs),
+                "fastest": min(r["seconds"] for r in runs),
+                "slowest": max(r["seconds"] for r in runs),
+                "new_tokens": statistics.median_low(r["new_tokens"] for r in runs),
+                "target_forwards": statistics.median_low(r["target_forwards"] for r in runs)}
+            for p, runs in groups.items()}
+
+
 def method_metrics(rows: list[dict], baseline_rows: list[dict]) -> dict:
-    """The metrics of one method over ``rows``; ``baseline_rows`` are the baseline's runs."""
-    tokens = sum(r["new_tokens"] for r in rows)
-    seconds = sum(r["seconds"] for r in rows)
-    steps = sum(r["steps"] for r in rows)
+    """The metrics of one method over ``rows`` (every repeat); ``baseline_rows`` are the baseline's runs."""
+    prompts = per_prompt(rows)
+    tokens = sum(p["new_tokens"] for p in prompts.values())
+    seconds = sum(p["seconds"] for p in prompts.values())
+    low, high = speedup_range(rows, baseline_rows)
     out = {
-        "prompts": len(rows),
+        "prompts": len(prompts),
+        "runs": len(rows),
         "new_tokens": tokens,
         "seconds": seconds,
         "tokens_per_second": _ratio(tokens, seconds),
+        "tokens_per_second_min": _ratio(tokens, sum(p["slowest"] for p in prompts.values())),
+        "tokens_per_second_max": _ratio(tokens, sum(p["fastest"] for p in prompts.values())),
         "speedup": speedup(rows, baseline_rows),
-        "mean_accepted_tokens": _ratio(tokens, steps),
-        "target_forwards": sum(r["target_forwards"] for r in rows),
+        "speedup_min": low,
+        "speedup_max": high,
+        "mean_accepted_tokens": _ratio(sum(r["new_tokens"] for r in rows), sum(r["steps"] for r in rows)),
+        "target_forwards": sum(p["target_forwards"] for p in prompts.values()),
     }
     out.update(time_shares(rows))
     identical = [r["identical"] for r in rows]
@@ -46,14 +78,22 @@ def method_metrics(rows: list[dict], baseline_rows: list[dict]) -> dict:
     return out
 
 
-def speedup(rows: list[dict], baseline_rows: list[dict]) -> float | None:
-    """Baseline seconds per token over the method's, on the prompts both ran."""
-    base = {r["prompt_id"]: r for r in baseline_rows}
-    shared = [r for r in rows if r["prompt_id"] in base]
-    mine = _ratio(sum(r["seconds"] for r in shared), sum(r["new_tokens"] for r in shared))
-    theirs = _ratio(sum(base[r["prompt_id"]]["seconds"] for r in shared),
-                    sum(base[r["prompt_id"]]["new_tokens"] for r in shared))
-    return _ratio(theirs, mine)
+def speedup(rows: list[dict], baseline_rows: list[dict], which: str = "seconds") -> float | None:
+    """Baseline seconds per token over the method's, from per-prompt medians, on the prompts both ran.
+
+    ``which`` picks the method's per-prompt time: ``seconds`` (median), ``slowest`` or ``fastest``;
+    the baseline always uses its medians.
+    """
+    base, mine = per_prompt(baseline_rows), per_prompt(rows)
+    shared = [p for p in mine if p in base]
+    theirs = _ratio(sum(base[p]["seconds"] for p in shared), sum(base[p]["new_tokens"] for p in shared))
+    ours = _ratio(sum(mine[p][which] for p in shared), sum(mine[p]["new_tokens"] for p in shared))
+    return _ratio(theirs, ours)
+
+
+def speedup_range(rows: list[dict], baseline_rows: list[dict]) -> tuple[float | None, float | None]:
+    """(min, max) speedup: every prompt at the method's slowest, then fastest, repeat."""
+    return speedup(rows, baseline_rows, "slowest"), speedup(rows, baseline_rows, "fastest")
 
 
 def position_rates(rows: list[dict]) -> list[float] | None:
@@ -90,6 +130,54 @@ def summarize(records: list[dict], methods: list[str], baseline: str) -> dict:
         "overall": table(records),
         "by_category": {c: table([r for r in records if r["category"] == c]) for c in categories},
     }
+
+
+def load_verdict(samples: list[dict], calibration_before: float | None, calibration_after: float | None,
+                 cpu_count: int, threads: int, margin_per_core: float, max_calibration_change: float) -> dict:
+    """The ``load`` section of results.json: the numbers, a ``busy`` flag and its ``reasons``.
+
+    ``samples`` are :class:`specdec.bench.runner.LoadMonitor` samples (``loadavg, own, others``),
+    the first before the run, the last after it, one per round between.  Busy when either
+
+    - other processes' load, at any sample, exceeds ``others_limit`` = the cores our torch threads
+      leave free (``cpu_count - threads``) + ``margin_per_core x cpu_count``: beyond that the
+      machine has more runnable threads than cores and ours wait their turn; or
+    - the calibration loop's time changed by more than ``max_calibration_change`` between start
+      and end (``max / min - 1``): the machine's speed for our work changed during the run.
+    """
+    first, last = (samples[0], samples[-1]) if samples else ({}, {})
+    others = [s["others"] for s in samples if s.get("others") is not None]
+    limit = max(0, cpu_count - threads) + margin_per_core * cpu_count
+    change = (None if not calibration_before or not calibration_after else
+              max(calibration_before, calibration_after) / min(calibration_before, calibration_after) - 1)
+    verdict = {
+        "cpu_count": cpu_count,
+        "threads": threads,
+        "loadavg_before": first.get("loadavg"),
+        "loadavg_after": last.get("loadavg"),
+        "own_after": last.get("own"),
+        "others_before": first.get("others"),
+        "others_after": last.get("others"),
+        "others_max": max(others) if others else None,
+        "others_limit": limit,
+        "samples": len(samples),
+        "calibration_before": calibration_before,
+        "calibration_after": calibration_after,
+        "calibration_change": change,
+        "calibration_limit": max_calibration_change,
+    }
+    reasons = []
+    if verdict["others_max"] is not None and verdict["others_max"] > limit:
+        reasons.append(f"other processes kept a load of up to {verdict['others_max']:.2f} "
+                       f"(limit {limit:.2f}: {max(0, cpu_count - threads)} spare of {cpu_count} cores "
+                       f"+ {margin_per_core:g} per core)")
+    if change is not None and change > max_calibration_change:
+        reasons.append(f"the calibration loop took {calibration_before * 1e3:.0f} ms at the start and "
+                       f"{calibration_after * 1e3:.0f} ms at the end ({change:.0%} apart, limit "
+                       f"{max_calibration_change:.0%})")
+    verdict["busy"] = bool(reasons)
+    verdict["reasons"] = reasons
+    return verdict
 
 
 def _ratio(num: float, den: float) -> float | None:

@@ -90,3 +90,40 @@ def test_acceptance_by_position_pools_every_prompts_steps():
     b = {**rec("b1", "b", "fast", 30, 1.5), "depth_accepted": [[2, 1, 2]]}
     assert metrics.position_rates([a, b]) == [3 / 4, 1 / 3]
     assert metrics.position_rates([a, rec("b1", "b", "hf", 30, 1.5)]) is None
+
+
+def repeated(prompt, method, tokens, times, category="c"):
+    """One record per repeat of ``prompt`` with the given seconds."""
+    return [dict(rec(prompt, category, method, tokens, t), repeat=i) for i, t in enumerate(times)]
+
+
+def test_repeats_collapse_to_per_prompt_medians_and_an_outlier_is_outvoted():
+    """seconds = sum of per-prompt medians: one contended run (100 s) does not move the number."""
+    base = repeated("p", "base", 10, [2.0, 2.2, 1.8]) + repeated("q", "base", 30, [3.0, 3.0, 3.0])
+    fast = repeated("p", "fast", 10, [1.0, 100.0, 1.2]) + repeated("q", "fast", 30, [2.0, 1.5, 2.5])
+    m = metrics.method_metrics(fast, base)
+    assert m["prompts"] == 2 and m["runs"] == 6
+    assert m["seconds"] == 1.2 + 2.0 and m["new_tokens"] == 40
+    assert m["tokens_per_second"] == 40 / 3.2
+    assert m["speedup"] == pytest.approx((5.0 / 40) / (3.2 / 40))  # baseline medians 2.0 + 3.0 = 5.0 s
+
+
+def test_spread_is_min_max_over_repeats_per_prompt_with_the_baseline_at_its_medians():
+    """*_min uses every prompt's slowest repeat, *_max its fastest; the median value lies between them."""
+    base = repeated("p", "base", 10, [2.0, 2.2, 1.8]) + repeated("q", "base", 30, [3.0, 3.0, 3.0])
+    fast = repeated("p", "fast", 10, [1.0, 100.0, 1.2]) + repeated("q", "fast", 30, [2.0, 1.5, 2.5])
+    m = metrics.method_metrics(fast, base)
+    assert m["tokens_per_second_min"] == 40 / (100.0 + 2.5) and m["tokens_per_second_max"] == 40 / (1.0 + 1.5)
+    assert m["speedup_min"] == pytest.approx(5.0 / 102.5) and m["speedup_max"] == pytest.approx(5.0 / 2.5)
+    assert m["speedup_min"] <= m["speedup"] <= m["speedup_max"]
+    b = metrics.method_metrics(base, base)  # the baseline: 1.0, its own run-to-run spread around it
+    assert b["speedup"] == 1.0 and b["speedup_min"] == 5.0 / 5.2 and b["speedup_max"] == 5.0 / 4.8
+
+
+def test_counts_are_per_pass_and_equivalence_counts_runs():
+    """new_tokens and target_forwards are per-prompt medians (one pass); equivalence is over every run."""
+    runs = repeated("p", "m", 10, [1.0, 1.0, 1.0])
+    runs[1]["identical"] = False
+    m = metrics.method_metrics(runs, runs)
+    assert m["new_tokens"] == 10 and m["target_forwards"] == 10 and m["mean_accepted_tokens"] == 1.0
+    assert m["equivalence"] == 2 / 3
