@@ -91,10 +91,13 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     if args.max_new_tokens < 1:
         raise SystemExit("--max-new-tokens must be at least 1")
-    model, tokenizer = specdec.load_model(args.model)
     prompt = messages_of(args)
+    try:
+        model, tokenizer = specdec.load_model(args.model)
+        drafter = build_drafter(args.drafter, model, args.model, args.draft_path)
+    except (FileNotFoundError, ValueError) as error:
+        raise SystemExit(f"specdec: {error}") from None
     ids = tokenizer(prompt, return_tensors="pt")["input_ids"] if isinstance(prompt, str) else encode_chat(tokenizer, prompt)
-    drafter = build_drafter(args.drafter, model, args.model, args.draft_path)
     speculation = args.speculation
     if speculation is not None:
         speculation = specdec.SmartSpec() if speculation.lower() == "smartspec" else int(speculation)

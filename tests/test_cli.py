@@ -1,0 +1,62 @@
+"""`python -m specdec` on a tiny model: it streams the answer, prints its stats, and refuses bad input clearly."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+import specdec
+from specdec.bench.targets import tiny_target
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("tiny")
+    model, tokenizer = tiny_target(num_layers=1, hidden=16)
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def run(*args, stdin=None):
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    return subprocess.run([sys.executable, "-m", "specdec", *args], capture_output=True, text=True, env=env,
+                          input=stdin, timeout=300)
+
+
+def test_it_streams_the_greedy_answer_and_prints_stats(model_dir):
+    proc = run("--model", str(model_dir), "--max-new-tokens", "12", "--threads", "1", "--json", "hello there")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    lines = proc.stdout.strip().splitlines()
+    stats = json.loads(lines[-1])
+    assert stats["tokens"] == 12 and stats["steps"] >= 1 and stats["mean_accepted_tokens"] >= 1.0
+    assert "tokens/s" in proc.stderr and "tokens per step" in proc.stderr and "drafter prompt_lookup" in proc.stderr
+    model, tokenizer = specdec.load_model(model_dir)
+    ids = specdec.chat.encode_chat(tokenizer, [{"role": "user", "content": "hello there"}])
+    want = model.generate(ids, max_new_tokens=12, do_sample=False, eos_token_id=None)
+    text = tokenizer.decode(want[0, ids.shape[1]:], skip_special_tokens=True)
+    assert "\n".join(lines[:-1]).strip() == text.strip()  # what was streamed is the model's own greedy answer
+
+
+def test_stdin_chat_files_and_sampling(model_dir, tmp_path):
+    chat = tmp_path / "chat.json"
+    chat.write_text(json.dumps([{"role": "user", "content": "one"}, {"role": "assistant", "content": "two"},
+                                {"role": "user", "content": "three"}]))
+    for args, stdin in ((["--chat", str(chat), "--drafter", "none"], None),
+                        (["--sample", "--temperature", "0.7", "--seed", "1", "--no-stream"], "from stdin")):
+        proc = run("--model", str(model_dir), "--max-new-tokens", "6", *args, stdin=stdin)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        assert "tokens per step" in proc.stderr
+
+
+def test_bad_input_is_named(model_dir, tmp_path):
+    (tmp_path / "bad.json").write_text('{"role": "user"}')
+    proc = run("--model", str(model_dir), "--chat", str(tmp_path / "bad.json"))
+    assert proc.returncode != 0 and "list of" in proc.stderr
+    proc = run("--model", str(model_dir), "--drafter", "chimera", "hi")
+    assert proc.returncode != 0 and proc.stderr.startswith("specdec:") and "not found" in proc.stderr
+    proc = run("--model", str(tmp_path / "nothing-here"), "hi")
+    assert proc.returncode != 0 and "unknown model" in proc.stderr and "Traceback" not in proc.stderr
+    proc = run("--help")
+    assert proc.returncode == 0 and "--drafter" in proc.stdout and "lossless" in proc.stdout
