@@ -82,7 +82,10 @@ def messages_of(args) -> list[dict] | str:
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     import torch
+    import transformers
     from transformers import TextStreamer
+
+    transformers.logging.disable_progress_bar()  # keep the terminal to the answer and the stats
 
     import specdec
     from specdec.chat import encode_chat
