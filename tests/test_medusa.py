@@ -7,7 +7,6 @@ import torch
 from safetensors.torch import save_file
 
 import specdec
-from conftest import tiny_llama
 from exact_randomness import enumerate_law
 from specdec import drafters
 from specdec.heads.medusa import MedusaHeads

@@ -25,15 +25,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import torch
-from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from specdec.heads.chimera import ChimeraConfig
 from specdec.heads.chimera_flax import ChimeraFlax, to_tensors
 
-from .draft import draft_vocabulary, vocabulary_report
+from .vocabulary import setup, vocabulary_report
 from .loop import TrainConfig, train
-from .packing import BASE_KEYS, PackedTeacher, draft_index, load_arrays
+from .packing import BASE_KEYS, PackedTeacher, load_arrays
 
 log = logging.getLogger("specdec.train.chimera")
 
@@ -104,16 +103,10 @@ def export(params, config: ChimeraConfig, token_ids: np.ndarray, folder: Path, c
 
 @hydra.main(version_base="1.3", config_path="pkg://specdec.configs", config_name="train/chimera")
 def main(cfg: DictConfig) -> None:
-    if cfg.target.get("num_threads"):
-        torch.set_num_threads(int(cfg.target.num_threads))
-    teacher = Path(cfg.teacher_dir)
-    model, tokenizer = instantiate(cfg.target.load)
-    eos = model.generation_config.eos_token_id
-    counts = np.load(teacher / "token_counts.npy")
-    token_ids = draft_vocabulary(counts, int(cfg.vocab_size), [eos] if isinstance(eos, int) else list(eos or []))
-    to_draft = draft_index(token_ids, len(counts))
-    embeddings = model.get_input_embeddings().weight.detach().float().numpy()
-    head_rows = model.get_output_embeddings().weight.detach().float().numpy()[token_ids]
+    run = setup(cfg)
+    model, tokenizer, teacher, counts, token_ids, to_draft = (run.model, run.tokenizer, run.teacher, run.counts,
+                                                              run.token_ids, run.to_draft)
+    embeddings, head_rows = run.embeddings, run.head_rows
     config = ChimeraConfig.from_target(model.config, len(token_ids))
     keys = BASE_KEYS + ("hidden",)
     rows = dict(row_length=int(cfg.row_length), answers_per_row=int(cfg.answers_per_row), embeddings=embeddings)

@@ -31,15 +31,13 @@ import hydra
 import jax
 import jax.numpy as jnp
 import numpy as np
-import torch
-from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from specdec.drafters.vocab import coverage, top_tokens
 from specdec.heads.llama_flax import DraftConfig, LlamaDraft, config_from_hf, export_reduced
 
 from .loop import TrainConfig, train
-from .packing import PackedTeacher, draft_index, load_arrays
+from .packing import PackedTeacher, load_arrays
+from .vocabulary import setup, vocabulary_report
 
 log = logging.getLogger("specdec.train.draft")
 
@@ -100,29 +98,12 @@ def init_params(module: LlamaDraft, config: DraftConfig, embeddings: np.ndarray,
     return params
 
 
-def draft_vocabulary(counts: np.ndarray, size: int, eos: list[int]) -> np.ndarray:
-    """The ``size`` tokens the target emits most (EOS always), ascending target ids."""
-    return top_tokens(torch.from_numpy(counts), size, always=eos).numpy()
-
-
-def vocabulary_report(counts: np.ndarray, sizes=(1024, 2048, 4096, 8192, 16384, 32768)) -> dict:
-    """Coverage of the target's own outputs (train counts) by the top-V' tokens, for a few V'."""
-    t = torch.from_numpy(counts)
-    return {str(v): round(coverage(t, v), 4) for v in sizes if v <= len(counts)}
-
-
 @hydra.main(version_base="1.3", config_path="pkg://specdec.configs", config_name="train/draft")
 def main(cfg: DictConfig) -> None:
-    if cfg.target.get("num_threads"):
-        torch.set_num_threads(int(cfg.target.num_threads))
-    teacher = Path(cfg.teacher_dir)
-    model, tokenizer = instantiate(cfg.target.load)
-    eos = model.generation_config.eos_token_id
-    eos = [eos] if isinstance(eos, int) else list(eos or [])
-    counts = np.load(teacher / "token_counts.npy")
-    token_ids = draft_vocabulary(counts, int(cfg.vocab_size), eos)
-    to_draft = draft_index(token_ids, len(counts))
-    embeddings = model.get_input_embeddings().weight.detach().float().numpy()
+    run = setup(cfg)
+    model, tokenizer, teacher, counts, token_ids, to_draft = (run.model, run.tokenizer, run.teacher, run.counts,
+                                                              run.token_ids, run.to_draft)
+    embeddings = run.embeddings
     config = replace(config_from_hf(model.config), **OmegaConf.to_container(cfg.model, resolve=True),
                      embed_dim=embeddings.shape[1], draft_vocab_size=len(token_ids), tie_word_embeddings=False)
     train_arrays = load_arrays(teacher, "train")

@@ -24,14 +24,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import torch
-from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from specdec.heads.medusa_flax import MedusaHeadsFlax, to_tensors
 
-from .draft import draft_vocabulary, vocabulary_report
+from .vocabulary import setup, vocabulary_report
 from .loop import TrainConfig, train
-from .packing import draft_index
 
 log = logging.getLogger("specdec.train.medusa")
 RANKS = 10  # ranks kept in top_k_accuracy
@@ -172,17 +170,12 @@ def export(params, token_ids: np.ndarray, folder: Path, card: dict) -> None:
 
 @hydra.main(version_base="1.3", config_path="pkg://specdec.configs", config_name="train/medusa")
 def main(cfg: DictConfig) -> None:
-    if cfg.target.get("num_threads"):
-        torch.set_num_threads(int(cfg.target.num_threads))
     from specdec.medusa_tree import build_sparse_tree, expected_accepted
 
-    teacher = Path(cfg.teacher_dir)
-    model, tokenizer = instantiate(cfg.target.load)
-    eos = model.generation_config.eos_token_id
-    counts = np.load(teacher / "token_counts.npy")
-    token_ids = draft_vocabulary(counts, int(cfg.vocab_size), [eos] if isinstance(eos, int) else list(eos or []))
-    to_draft = draft_index(token_ids, len(counts))
-    head_rows = model.get_output_embeddings().weight.detach().float().numpy()[token_ids]
+    run = setup(cfg)
+    model, tokenizer, teacher, counts, token_ids, to_draft = (run.model, run.tokenizer, run.teacher, run.counts,
+                                                              run.token_ids, run.to_draft)
+    head_rows = run.head_rows
     k = int(cfg.num_heads)
     train_data = medusa_arrays(teacher, "train", k, cfg.max_positions, int(cfg.optim.seed))
     valid_data = medusa_arrays(teacher, "valid", k)
