@@ -233,3 +233,19 @@ def test_card_measurement_gives_full_acceptance_for_the_target_as_its_own_draft(
     worse = acceptance(model, tokenizer, lambda: drafters.DraftModel(other, 3), per_category=1, max_new_tokens=12)
     assert worse["mean_accepted_tokens"] < got["mean_accepted_tokens"]
     assert relative_cost(model, tokenizer, lambda: drafters.DraftModel(other, 3), max_new_tokens=8, repeats=1)["ratio"] > 0
+
+
+def test_cost_and_coverage_by_vocabulary_size():
+    """The card's table of draft vocabulary sizes: coverage grows with the size, costs are measured in the engine."""
+    from specdec.bench.targets import tiny_target
+    from specdec.train.packing import draft_index
+    from specdec.train.vocabulary import Setup, cost_by_size
+
+    model, tokenizer = tiny_target(num_layers=1, hidden=16, dtype="float32")
+    vocab = model.config.vocab_size
+    counts = np.arange(vocab, dtype=np.int64)[::-1].copy()
+    run = Setup(model, tokenizer, None, counts, np.arange(64), draft_index(np.arange(64), vocab))
+    config = reduced_config(model, hidden=16, vocab=64)
+    table = cost_by_size(run, config, sizes=(32, 128))
+    assert set(table) == {"32", "128"} and table["32"]["coverage"] < table["128"]["coverage"] <= 1.0
+    assert all(row["ratio"] > 0 and row["draft_ms_per_token"] > 0 for row in table.values())

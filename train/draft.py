@@ -106,6 +106,12 @@ def main(cfg: DictConfig) -> None:
     embeddings = run.embeddings
     config = replace(config_from_hf(model.config), **OmegaConf.to_container(cfg.model, resolve=True),
                      embed_dim=embeddings.shape[1], draft_vocab_size=len(token_ids), tie_word_embeddings=False)
+    sizes = None
+    if cfg.get("vocab_sizes"):  # coverage and cost of a few draft vocabularies, before choosing one
+        from .vocabulary import cost_by_size
+
+        sizes = cost_by_size(run, config, tuple(int(v) for v in cfg.vocab_sizes))
+        log.info("draft vocabulary sizes: %s", sizes)
     train_arrays = load_arrays(teacher, "train")
     valid_arrays = load_arrays(teacher, "valid")
     rows = dict(row_length=int(cfg.row_length), answers_per_row=int(cfg.answers_per_row), embeddings=embeddings)
@@ -130,7 +136,7 @@ def main(cfg: DictConfig) -> None:
     card = {"kind": "specdec-draft-v2", "target": cfg.target.name, "config": config.__dict__,
             "parameters": int(sum(jax.tree_util.tree_leaves(sizes))),
             "vocabulary": {"size": len(token_ids), "chosen_from": "the target's argmax at train answer positions",
-                           "train_coverage": vocabulary_report(counts),
+                           "train_coverage": vocabulary_report(counts), "cost_by_size": sizes,
                            "heldout_coverage": final.get("heldout_coverage")},
             "data": {"teacher": str(teacher), "train_rows": len(train_data),
                      "train_answer_positions": train_data.answer_positions,

@@ -58,3 +58,33 @@ def vocabulary_report(counts: np.ndarray, sizes=(1024, 2048, 4096, 8192, 16384, 
     """Coverage of the target's own outputs (train counts) by the top-V' tokens, for a few V'."""
     t = torch.from_numpy(counts)
     return {str(v): round(coverage(t, v), 4) for v in sizes if v <= len(counts)}
+
+
+def cost_by_size(run: Setup, draft_config, sizes=(2048, 4096, 8192, 16384, 49152), num_tokens: int = 4) -> dict:
+    """A draft of ``draft_config``'s shape (random weights) with each vocabulary size: its cost per drafted token
+    against a target step, measured in the engine (:func:`specdec.train.measure.relative_cost`), and its coverage."""
+    from dataclasses import replace
+
+    from specdec import drafters
+    from specdec.heads.llama_flax import LlamaDraft, export_reduced
+
+    from .measure import relative_cost
+
+    import tempfile
+
+    import jax
+    import jax.numpy as jnp
+
+    out = {}
+    for size in sizes:
+        size = min(size, len(run.counts))
+        ids = draft_vocabulary(run.counts, size, [])
+        config = replace(draft_config, draft_vocab_size=size)
+        params = LlamaDraft(config).init(jax.random.PRNGKey(0), jnp.zeros((1, 4), jnp.int32), None, None,
+                                         jnp.zeros((1, 4, config.embed_dim)))["params"]
+        with tempfile.TemporaryDirectory() as folder:
+            export_reduced(params, config, ids, folder, dtype="float32")
+            draft = drafters.load_draft_model(run.model, folder)
+        cost = relative_cost(run.model, run.tokenizer, lambda: drafters.DraftModel(draft, num_tokens), repeats=2)
+        out[str(size)] = {"coverage": round(coverage(torch.from_numpy(run.counts), size), 4), **cost}
+    return out
