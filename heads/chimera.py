@@ -30,6 +30,8 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
+from specdec.head import project
+
 
 @dataclass(frozen=True)
 class ChimeraConfig:
@@ -79,7 +81,7 @@ class TrigramEncoder(nn.Module):
 
     def forward(self, trigrams: torch.Tensor) -> torch.Tensor:
         """[..., 3H] concatenated embeddings -> [..., H]."""
-        return self.proj(trigrams + nn.functional.silu(self.residual(trigrams)))
+        return project(self.proj, trigrams + nn.functional.silu(project(self.residual, trigrams)))
 
 
 def rotate_half(x):
@@ -133,7 +135,7 @@ class MLP(nn.Module):
         self.down_proj = nn.Linear(c.intermediate_size, c.hidden_size, bias=False)
 
     def forward(self, x):
-        return self.down_proj(nn.functional.silu(self.gate_proj(x)) * self.up_proj(x))
+        return project(self.down_proj, nn.functional.silu(project(self.gate_proj, x)) * project(self.up_proj, x))
 
 
 class DecoderLayer(nn.Module):
@@ -185,8 +187,8 @@ class ChimeraDraft(nn.Module):
 
     def verified_logits(self, last_state: torch.Tensor) -> torch.Tensor:
         """``W_h h`` [B, V'] for the target's state at the last verified token (once per step)."""
-        return self.head_verified(last_state.to(self.head.weight.dtype))
+        return project(self.head_verified, last_state.to(self.head.weight.dtype))
 
     def logits(self, verified: torch.Tensor, states: torch.Tensor) -> torch.Tensor:
         """Draft logits [B, M, V'] over the draft vocabulary: ``W_h h + W_s s``."""
-        return verified[:, None, :] + self.head(states)
+        return verified[:, None, :] + project(self.head, states)
