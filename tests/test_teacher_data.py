@@ -233,3 +233,16 @@ def test_answers_resume_and_skip_done_ids(tokenizer, tmp_path, monkeypatch):
         assert once[r["id"]]["ids"] == expected and once[r["id"]]["prompt_tokens"] == prompt.shape[1]
     assert json.loads(lines[0])["answer"] == tokenizer.decode(once[json.loads(lines[0])["id"]]["ids"],
                                                               skip_special_tokens=True)
+
+
+def test_valid_split_first_then_train_gives_the_same_shards(model, tokenizer, tmp_path):
+    """``splits=("valid",)`` builds the held-out shards alone; a later full run adds train and matches one run."""
+    run(model, tokenizer, tmp_path / "once", max_positions=400)
+    part = run(model, tokenizer, tmp_path / "parts", max_positions=400, splits=("valid",))
+    assert set(part) >= {"valid"} and "train" not in part and not list((tmp_path / "parts").glob("train-*"))
+    run(model, tokenizer, tmp_path / "parts", max_positions=400)
+    for split in ("train", "valid"):
+        once, parts = (load_teacher(tmp_path / d, split) for d in ("once", "parts"))
+        assert once["ids"] == parts["ids"] and np.array_equal(once["topk_ids"], parts["topk_ids"])
+    with pytest.raises(ValueError, match="unknown teacher splits"):
+        run(model, tokenizer, tmp_path / "parts", max_positions=400, splits=("test",))

@@ -316,8 +316,11 @@ def make_plan(out_dir: Path, records: list[dict], answers: dict, settings: dict)
 def build_teacher(model, tokenizer, records: list[dict], answers: dict[str, dict], out_dir: str | os.PathLike, *,
                   max_length: int = 1024, min_answer: int = 16, topk: int = 32, max_positions: int | None = 2_500_000,
                   valid_max_positions: int | None = None, shard_positions: int = 65536,
-                  progress: bool = True) -> dict:
-    """Every split's shards (resuming), ``token_counts.npy`` and the summary (returned, and ``teacher.json``)."""
+                  progress: bool = True, splits: tuple[str, ...] = SPLITS) -> dict:
+    """The shards of ``splits`` (resuming), ``token_counts.npy`` and the summary (returned, and ``teacher.json``).
+
+    ``splits`` only picks which splits this run works on (``("valid",)`` builds the held-out shards before the
+    train budget is reached); the plan and the settings stay those of the first run."""
     from safetensors import safe_open
 
     out_dir = Path(out_dir)
@@ -330,8 +333,11 @@ def build_teacher(model, tokenizer, records: list[dict], answers: dict[str, dict
                     len(answers), out_dir, plan["answers"])
     by_id = {r["id"]: r for r in records}
     budgets = {"train": max_positions, "valid": valid_max_positions}
+    unknown = sorted(set(splits) - set(SPLITS))
+    if unknown:
+        raise ValueError(f"unknown teacher splits {unknown}: choose from {list(SPLITS)}")
     summary, started = {}, time.perf_counter()
-    for split in SPLITS:
+    for split in splits:
         split_started = time.perf_counter()
         before = sum(m["answer_positions"] for m in completed_shards(out_dir, split))
         metas = run_split(model, tokenizer, by_id, answers, plan["splits"][split], out_dir, split, budgets[split],
@@ -399,7 +405,8 @@ def main(cfg: DictConfig) -> None:
                             min_answer=int(cfg.min_answer), topk=int(cfg.topk),
                             max_positions=optional(cfg.max_positions),
                             valid_max_positions=optional(cfg.valid_max_positions),
-                            shard_positions=int(cfg.shard_positions), progress=bool(cfg.progress))
+                            shard_positions=int(cfg.shard_positions), progress=bool(cfg.progress),
+                            splits=tuple(cfg.splits))
     summary["target"] = cfg.target.name
     summary["config"] = OmegaConf.to_container(cfg, resolve=True)
     _write_json(Path(cfg.out_dir) / "teacher.json", summary)
