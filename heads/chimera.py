@@ -17,11 +17,15 @@ parameter names, same safetensors).
   on concat(h, s), split in two (``head_verified`` and ``head``).  Both halves start as the
   target's own output rows for the draft vocabulary, so the head starts as the target's head on
   h + s, as in the paper, and both are trained.
+* **State input** (``state_input``, a departure from the paper, as in EAGLE): a draft position's
+  query is its trigram encoding plus ``W_f h`` (zero-initialised), h the target's state at the last
+  verified token.  Keys and values stay the encodings, so draft entries still depend on tokens only.
 
 Safetensors keys: ``trigram.residual.{weight,bias}``, ``trigram.proj.weight``,
 ``layer.{input_layernorm,post_attention_layernorm}.weight``,
 ``layer.self_attn.{q,k,v,o}_proj.weight``, ``layer.mlp.{gate,up,down}_proj.weight``,
-``head_verified.weight`` and ``head.weight`` [V', H], ``vocab.token_ids`` [V'] (target ids).
+``head_verified.weight`` and ``head.weight`` [V', H], ``state_fuse.weight`` [H, H] (with ``state_input``),
+``vocab.token_ids`` [V'] (target ids).
 """
 from __future__ import annotations
 
@@ -44,6 +48,7 @@ class ChimeraConfig:
     draft_vocab_size: int
     rms_norm_eps: float = 1e-5
     rope_theta: float = 10000.0
+    state_input: bool = False  # EAGLE-style: a draft query also reads the last verified target state
 
     @classmethod
     def from_target(cls, config, draft_vocab_size: int, **overrides) -> "ChimeraConfig":
@@ -164,6 +169,9 @@ class ChimeraDraft(nn.Module):
         self.layer = DecoderLayer(config)
         self.head_verified = nn.Linear(config.hidden_size, config.draft_vocab_size, bias=False)
         self.head = nn.Linear(config.hidden_size, config.draft_vocab_size, bias=False)
+        if config.state_input:
+            self.state_fuse = nn.Linear(config.hidden_size, config.hidden_size, bias=False)
+            nn.init.zeros_(self.state_fuse.weight)
         self.register_buffer("token_ids", torch.zeros(config.draft_vocab_size, dtype=torch.long), persistent=False)
 
     def bind(self, embeddings: torch.Tensor, token_ids: torch.Tensor) -> "ChimeraDraft":
@@ -181,8 +189,15 @@ class ChimeraDraft(nn.Module):
         """Keys/values of the target's states [B, M, H] at positions [B, M] (no queries: context only)."""
         return self.layer.key_values(hidden.to(self.head.weight.dtype), positions)
 
-    def draft_states(self, encodings, positions, keys, values, mask) -> torch.Tensor:
-        """The layer's outputs [B, M, H] for draft positions whose keys/values are already in ``keys``/``values``."""
+    def draft_states(self, encodings, positions, keys, values, mask, last_state=None) -> torch.Tensor:
+        """The layer's outputs [B, M, H] for draft positions whose keys/values are already in ``keys``/``values``.
+
+        With ``state_input`` the queries are the encodings plus ``W_f h``, h [B, H] the target's state at the
+        last verified token (the keys and values stay the encodings: draft entries depend on tokens only)."""
+        if self.config.state_input:
+            if last_state is None:
+                raise ValueError("this Chimera draft reads the last verified state: pass last_state")
+            encodings = encodings + project(self.state_fuse, last_state.to(self.head.weight.dtype))[:, None, :]
         return self.layer(encodings, positions, keys, values, mask)
 
     def verified_logits(self, last_state: torch.Tensor) -> torch.Tensor:

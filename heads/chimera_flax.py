@@ -39,6 +39,9 @@ class ChimeraFlax(nn.Module):
         self.down_proj = dense(c.hidden_size, "down_proj")
         self.head_verified = dense(c.draft_vocab_size, "head_verified")
         self.head = dense(c.draft_vocab_size, "head")
+        if c.state_input:
+            self.state_fuse = nn.Dense(c.hidden_size, use_bias=False, name="state_fuse",
+                                       kernel_init=nn.initializers.zeros)
 
     def encode(self, trigram_embeds):
         """[..., 3H] -> [..., H]: the zero-initialised residual block, then the projection."""
@@ -72,17 +75,22 @@ class ChimeraFlax(nn.Module):
         values = jnp.concatenate([v_ctx, v_drf], axis=1)
         groups = c.num_attention_heads // c.num_key_value_heads
         keys, values = jnp.repeat(keys, groups, axis=2), jnp.repeat(values, groups, axis=2)
-        q_in = take(enc, at)  # [B, A, H]
+        q_enc = take(enc, at)  # [B, A, H]
         q_pos = pick(positions, at)
         cos, sin = rotary(q_pos, c.head_dim, c.rope_theta)
-        q = self.q_proj(self.input_layernorm(q_in)).reshape(b, -1, c.num_attention_heads, c.head_dim)
-        q = q * cos[:, :, None] + _rotate_half(q) * sin[:, :, None]
-        scores = jnp.einsum("bqhd,bkhd->bhqk", q, keys) / np.sqrt(c.head_dim)  # [B, h, A, 2T]
         seg_q, seg_k = pick(segment_ids, at), segment_ids
         same = (seg_q[:, :, None] == seg_k[:, None, :]) & (seg_k[:, None, :] > 0)  # [B, A, T]
         kpos, qpos = positions[:, None, :], q_pos[:, :, None]
         out_logits, out_valid = [], []
+        scores = None
         for d in range(1, depths + 1):
+            last = jnp.maximum(at - d, 0)
+            last_state = take(hidden, last)  # [B, A, H]: the target's state at the last verified token
+            q_in = q_enc + self.state_fuse(last_state) if c.state_input else q_enc
+            if scores is None or c.state_input:  # without the state input the queries are the same at every depth
+                q = self.q_proj(self.input_layernorm(q_in)).reshape(b, -1, c.num_attention_heads, c.head_dim)
+                q = q * cos[:, :, None] + _rotate_half(q) * sin[:, :, None]
+                scores = jnp.einsum("bqhd,bkhd->bhqk", q, keys) / np.sqrt(c.head_dim)  # [B, h, A, 2T]
             context = same & (kpos <= qpos - d)
             drafts = same & (kpos >= qpos - d + 1) & (kpos <= qpos)
             mask = jnp.concatenate([context, drafts], axis=-1)[:, None]  # [B, 1, A, 2T]
@@ -91,8 +99,7 @@ class ChimeraFlax(nn.Module):
             x = q_in + self.o_proj(attn)
             y = self.post_attention_layernorm(x)
             s = x + self.down_proj(nn.silu(self.gate_proj(y)) * self.up_proj(y))
-            last = jnp.maximum(at - d, 0)
-            verified = self.head_verified(take(hidden, last))  # [B, A, V']
+            verified = self.head_verified(last_state)  # [B, A, V']
             out_logits.append(verified + self.head(s))
             out_valid.append((q_pos - d >= 0) & (pick(segment_ids, last) == seg_q))  # a verified state exists
         return jnp.stack(out_logits, axis=1), jnp.stack(out_valid, axis=1)
@@ -105,6 +112,7 @@ _NAMES = {  # Flax module name -> torch parameter prefix
     "q_proj": "layer.self_attn.q_proj", "k_proj": "layer.self_attn.k_proj", "v_proj": "layer.self_attn.v_proj",
     "o_proj": "layer.self_attn.o_proj", "gate_proj": "layer.mlp.gate_proj", "up_proj": "layer.mlp.up_proj",
     "down_proj": "layer.mlp.down_proj", "head_verified": "head_verified", "head": "head",
+    "state_fuse": "state_fuse",  # only with config.state_input
 }
 
 
@@ -113,6 +121,8 @@ def to_tensors(params) -> dict[str, np.ndarray]:
     p = jax.device_get(params)
     out = {}
     for name, prefix in _NAMES.items():
+        if name not in p:
+            continue
         layer = p[name]
         if "kernel" in layer:
             out[f"{prefix}.weight"] = np.asarray(layer["kernel"], np.float32).T.copy()
@@ -129,6 +139,8 @@ def from_tensors(tensors: dict) -> dict:
                                              else tensors[key], np.float32))
     params = {}
     for name, prefix in _NAMES.items():
+        if f"{prefix}.weight" not in tensors:
+            continue
         if name.endswith("layernorm"):
             params[name] = {"weight": get(f"{prefix}.weight")}
         else:

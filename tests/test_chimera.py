@@ -16,8 +16,8 @@ from test_batch import PAD, expected_batch, prompts, target  # noqa: F401  (fixt
 from test_sampling_lossless import PROMPT, exact_law, generated, models
 
 
-def random_draft(model, vocab_ids, seed=0, scale=0.3, dtype=torch.float64) -> ChimeraDraft:
-    config = ChimeraConfig.from_target(model.config, len(vocab_ids))
+def random_draft(model, vocab_ids, seed=0, scale=0.3, dtype=torch.float64, state_input=False) -> ChimeraDraft:
+    config = ChimeraConfig.from_target(model.config, len(vocab_ids), state_input=state_input)
     draft = ChimeraDraft(config)
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
@@ -37,14 +37,15 @@ def torch_logits(draft: ChimeraDraft, tokens: list[int], hidden: torch.Tensor, u
     k2, v2 = draft.layer.key_values(enc, positions(t, u + 1))
     keys, values = torch.cat([keys, k2], 2), torch.cat([values, v2], 2)
     visible = torch.ones(1, 1, keys.shape[2], dtype=torch.bool)
-    s = draft.draft_states(enc[:, -1:], positions(u, u + 1), keys, values, visible)
+    s = draft.draft_states(enc[:, -1:], positions(u, u + 1), keys, values, visible, last_state=hidden[None, t - 1])
     return draft.logits(draft.verified_logits(hidden[None, t - 1]), s)[0, 0]
 
 
-def test_torch_and_flax_agree_through_the_safetensors_layout():
+@pytest.mark.parametrize("state_input", [False, True])
+def test_torch_and_flax_agree_through_the_safetensors_layout(state_input):
     model = tiny_llama(64, seed=0, dtype=torch.float32)
     vocab_ids = np.arange(0, 64, 2)
-    draft = random_draft(model, vocab_ids, dtype=torch.float32)
+    draft = random_draft(model, vocab_ids, dtype=torch.float32, state_input=state_input)
     tensors = {k: v.detach() for k, v in draft.state_dict().items()}
     params = from_tensors(tensors)
     back = to_tensors(params)
@@ -70,18 +71,20 @@ def test_torch_and_flax_agree_through_the_safetensors_layout():
 
 @pytest.fixture(scope="module")
 def chimera_for(target):
-    return lambda seed=1, **kw: drafters.Chimera(random_draft(target, np.arange(0, 64, 3), seed=seed), **kw)
+    return lambda seed=1, state_input=False, **kw: drafters.Chimera(
+        random_draft(target, np.arange(0, 64, 3), seed=seed, state_input=state_input), **kw)
 
 
-@pytest.mark.parametrize("batch,eos", [(1, False), (3, False), (3, True)])
-def test_greedy_matches_generate(target, chimera_for, batch, eos):
+@pytest.mark.parametrize("batch,eos,state_input", [(1, False, False), (3, False, False), (3, True, False),
+                                                   (1, False, True), (3, True, True)])
+def test_greedy_matches_generate(target, chimera_for, batch, eos, state_input):
     rows = prompts(batch, seed=17)
     eos_id = expected_batch(target, rows, 20, None, PAD)[2][-1, -8].item() if eos else None
     ids, mask, expected = expected_batch(target, rows, 20, eos_id, PAD)
-    out = specdec.generate(target, ids, chimera_for(), attention_mask=mask, max_new_tokens=20,
+    out = specdec.generate(target, ids, chimera_for(state_input=state_input), attention_mask=mask, max_new_tokens=20,
                            eos_token_id=eos_id if eos else [], pad_token_id=PAD)
     assert torch.equal(out.sequences, expected)
-    pool = specdec.generate_pool(target, rows, chimera_for(), batch_size=2, max_new_tokens=20,
+    pool = specdec.generate_pool(target, rows, chimera_for(state_input=state_input), batch_size=2, max_new_tokens=20,
                                  eos_token_id=eos_id if eos else [])
     for r, seq in enumerate(pool.sequences):
         tail = expected[r, ids.shape[1]:].tolist()
@@ -108,10 +111,11 @@ def test_trees_respect_the_node_budget_and_depth(target):
             assert len(set(tree.tokens[0, kids].tolist())) == len(kids)
 
 
-def test_sampled_output_law_is_exact():
+@pytest.mark.parametrize("state_input", [False, True])
+def test_sampled_output_law_is_exact(state_input):
     """Six tokens, every coin and draw enumerated: Chimera's point-mass trees keep the target's law."""
     model, _ = models()
-    draft = random_draft(model, np.arange(6), seed=4, scale=2.0)
+    draft = random_draft(model, np.arange(6), seed=4, scale=2.0, state_input=state_input)
     config = specdec.SamplingConfig(do_sample=True)
     expected = exact_law(model, 2, config)
     law = enumerate_law(lambda rng: generated(specdec.generate(
@@ -164,7 +168,7 @@ def test_training_on_teacher_shards_lowers_the_loss_and_decodes_exactly(tmp_path
     rows = model.get_output_embeddings().weight.detach().numpy()[token_ids]
     data = PackedTeacher(load_arrays(tmp_path / "t", "train", BASE_KEYS + ("hidden",)), draft_index(token_ids, len(counts)),
                          256, 64, embeddings=embeddings)
-    config = ChimeraConfig.from_target(model.config, len(token_ids))
+    config = ChimeraConfig.from_target(model.config, len(token_ids), state_input=True)
     module = ChimeraFlax(config)
     params = init_params(module, config, rows, 0, 2)
     loss_fn = make_loss(module, 2, 0.3, 0.8)

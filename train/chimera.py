@@ -107,7 +107,7 @@ def main(cfg: DictConfig) -> None:
     model, tokenizer, teacher, counts, token_ids, to_draft = (run.model, run.tokenizer, run.teacher, run.counts,
                                                               run.token_ids, run.to_draft)
     embeddings, head_rows = run.embeddings, run.head_rows
-    config = ChimeraConfig.from_target(model.config, len(token_ids))
+    config = ChimeraConfig.from_target(model.config, len(token_ids), state_input=bool(cfg.state_input))
     keys = BASE_KEYS + ("hidden",)
     rows = dict(row_length=int(cfg.row_length), answers_per_row=int(cfg.answers_per_row), embeddings=embeddings)
     train_data = PackedTeacher(load_arrays(teacher, "train", keys, cfg.get("max_shards")), to_draft,
@@ -125,7 +125,8 @@ def main(cfg: DictConfig) -> None:
     def batch_at(step: int) -> dict:
         return train_data.batch(np.random.default_rng([tcfg.seed, step]).integers(0, len(train_data), tcfg.batch_size))
 
-    checkpoint = Path(cfg.work_dir) / f"chimera-v{len(token_ids)}-d{depths}.ckpt" if cfg.resume else None
+    variant = f"chimera-v{len(token_ids)}-d{depths}" + ("-s" if config.state_input else "")
+    checkpoint = Path(cfg.work_dir) / f"{variant}.ckpt" if cfg.resume else None
     result = train(loss_fn, params, batch_at, tcfg, evaluate, checkpoint, bool(cfg.progress))
     final = evaluate(result.params)
     tree = {k: int(cfg.tree[k]) for k in ("depth", "branch", "width", "max_nodes")}

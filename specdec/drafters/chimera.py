@@ -139,7 +139,7 @@ class Chimera(Drafter):
         keys, values = self.draft.layer.key_values(encodings, positions)
         keys, values = self._cache.kv.kv.update(keys, values, 0)
         self._cache.kv.appended(torch.ones(positions.shape, dtype=torch.bool, device=positions.device))
-        return self.draft.draft_states(encodings, positions, keys, values, visible)
+        return self.draft.draft_states(encodings, positions, keys, values, visible, last_state=self._last)
 
     # ---- proposing -----------------------------------------------------------------------------
     @torch.no_grad()
