@@ -2,47 +2,46 @@
 
 A large vocabulary makes the output head the single biggest matrix of a small model (SmolLM2's
 is 49,152 x 576, 113 MB in fp32), and one decoding step reads it from memory once per row it is
-applied to.  On CPUs, ``F.linear`` with the weight stored [V, H] runs a slow matrix-vector path
-for one to three rows; the same product against a [H, V] copy of the weight streams memory about
-twice as fast (measured on the development machine: 5.3 ms against 11.3 ms for one row, 10 ms
-against 25 ms for two).  From four rows on ``F.linear`` is the faster of the two.  So heads
-applied to few rows use a transposed copy of the weight, made once per weight and refreshed when
-the weight changes.  The numbers differ from ``F.linear``'s only by float rounding.
+applied to.  On CPUs, ``F.linear`` (``x @ W.T`` with the weight stored [V, H]) runs a slow path
+for few rows, while ``W @ x.T``, the same product with the weight as the left operand, streams
+the weight at full memory speed.  Measured on the development machine (2 threads, fp32,
+49,152 x 576; ``python -m specdec.bench.head_cost``): one row 9.6 ms by ``F.linear`` against
+3.4 ms by ``W @ x.T`` (padded to two rows: the one-column product takes the slow path too), two
+rows 23.9 against 3.0 ms, four 17.2 against 5.0, eight 15.9 against 6.9, sixteen 18.5 against
+14.4.  So heads applied to at most ``FEW_ROWS`` rows multiply that way.  The numbers differ from
+``F.linear``'s only by float rounding (the same size of error against float64 either way).
 """
 from __future__ import annotations
-
-import weakref
 
 import torch
 from torch import nn
 
-FEW_ROWS = 3  # at most this many rows: multiply by the transposed copy
-
-_transposed: dict[int, tuple[weakref.ref, int, torch.Tensor]] = {}  # id(weight) -> (weight, version, copy)
+FEW_ROWS = 32  # at most this many rows: W @ x.T (measured faster than F.linear up to 32 rows)
 
 
-def transposed_weight(weight: torch.Tensor) -> torch.Tensor:
-    """A contiguous [H, V] copy of ``weight`` [V, H], cached until the weight changes in place or goes away."""
-    cached = _transposed.get(id(weight))
-    if cached is None or cached[0]() is not weight or cached[1] != weight._version:
-        with torch.no_grad():
-            copy = weight.detach().t().contiguous()
-        key = id(weight)
-        _transposed[key] = (weakref.ref(weight, lambda _: _transposed.pop(key, None)), weight._version, copy)
-        return copy
-    return cached[2]
+def few_rows_product(weight: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:
+    """``hidden @ weight.T`` for hidden [..., H] and weight [V, H], computed as ``weight @ hidden.T``."""
+    rows = hidden.reshape(-1, hidden.shape[-1])
+    if rows.shape[0] == 1:
+        rows = torch.cat([rows, rows])  # a single column takes the slow matrix-vector path
+    out = torch.mm(weight, rows.t()).t()[: hidden.numel() // hidden.shape[-1]].contiguous()
+    return out.reshape(*hidden.shape[:-1], weight.shape[0])
+
+
+def use_few_rows(hidden: torch.Tensor) -> bool:
+    """Whether ``hidden`` [..., H] is few enough CPU rows, outside autograd, for :func:`few_rows_product`."""
+    rows = hidden.numel() // hidden.shape[-1] if hidden.shape[-1] else 0
+    return hidden.device.type == "cpu" and 0 < rows <= FEW_ROWS and not torch.is_grad_enabled()
 
 
 def project(head: nn.Module, hidden: torch.Tensor) -> torch.Tensor:
     """``head(hidden)`` for inputs [..., H]; plain linear layers on the CPU take the fast path for few rows.
 
     Worth it for matrices larger than the CPU's caches (output heads, wide draft layers); small
-    ones run either way at the same speed.
+    ones run either way at about the same speed.
     """
-    rows = hidden.numel() // hidden.shape[-1] if hidden.shape[-1] else 0
-    if (type(head) is nn.Linear and hidden.device.type == "cpu" and 0 < rows <= FEW_ROWS
-            and not torch.is_grad_enabled()):
-        out = hidden @ transposed_weight(head.weight)
+    if type(head) is nn.Linear and use_few_rows(hidden) and head.weight.dtype == hidden.dtype:
+        out = few_rows_product(head.weight, hidden)
         return out if head.bias is None else out + head.bias
     return head(hidden)
 

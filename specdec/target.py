@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import torch
 
 from . import head as output_head
+from .few_rows import few_row_linears
 from .kv import RaggedCache
 from .masks import tree_attention
 from .tree import DraftTree
@@ -57,7 +58,8 @@ class Verification:
 class Target:
     """One target model and its key/value cache for one batch of sequences."""
 
-    def __init__(self, model: torch.nn.Module):
+    def __init__(self, model: torch.nn.Module, few_rows: bool = True):
+        """``few_rows``: run the model's linear layers as ``W @ x.T`` for few rows (:mod:`specdec.few_rows`)."""
         if not hasattr(model, "config") or not hasattr(model.config, "vocab_size"):
             raise TypeError(f"target must be a Hugging Face causal LM, got {type(model).__name__}")
         self.model = model
@@ -66,6 +68,7 @@ class Target:
         self.softcap = getattr(model.config, "final_logit_softcapping", None)
         self.cache: RaggedCache | None = None
         self.forwards = 0
+        self.few_rows = few_rows
 
     @property
     def device(self) -> torch.device:
@@ -94,13 +97,14 @@ class Target:
                              device=input_ids.device)
         if input_ids.shape[1] > 1:
             positions = (context_mask.long().cumsum(dim=1) - 1).clamp_min(0)
-            out = self.decoder(
-                input_ids=input_ids[:, :-1],
-                attention_mask=context_mask.long() if not bool(context_mask.all()) else None,
-                position_ids=positions,
-                past_key_values=self.cache.kv,
-                use_cache=True,
-            )
+            with few_row_linears(self.decoder, self.few_rows):
+                out = self.decoder(
+                    input_ids=input_ids[:, :-1],
+                    attention_mask=context_mask.long() if not bool(context_mask.all()) else None,
+                    position_ids=positions,
+                    past_key_values=self.cache.kv,
+                    use_cache=True,
+                )
             hidden = out.last_hidden_state
             self.forwards += 1
         self.cache.appended(context_mask)
@@ -116,13 +120,14 @@ class Target:
                 mask = torch.cat([self.cache.mask, self.cache.mask.new_ones(b, n1)], dim=1).long()
         else:
             mask = tree_attention(self.model.config, self.cache.mask, tree, self.cache.lengths, self.dtype)
-        out = self.decoder(
-            input_ids=tree.verify_inputs(roots),
-            attention_mask=mask,
-            position_ids=tree.position_ids(self.cache.lengths),
-            past_key_values=self.cache.kv,
-            use_cache=True,
-        )
+        with few_row_linears(self.decoder, self.few_rows):
+            out = self.decoder(
+                input_ids=tree.verify_inputs(roots),
+                attention_mask=mask,
+                position_ids=tree.position_ids(self.cache.lengths),
+                past_key_values=self.cache.kv,
+                use_cache=True,
+            )
         self.forwards += 1
         self.cache.appended(torch.ones(b, n1, dtype=torch.bool))
         return Verification(out.last_hidden_state, self.head, self.softcap)

@@ -1,22 +1,33 @@
-"""Output heads applied to few rows through a transposed copy of the weight give F.linear's logits."""
+"""Output heads applied to few rows (as weight @ hidden.T) give F.linear's logits."""
 import torch
 from torch import nn
 
-from specdec.head import project, transposed_weight
+from specdec.drafters.vocab import SubsetHead
+from specdec.head import FEW_ROWS, few_rows_product, project
 
 
-def test_few_rows_match_linear_and_the_copy_follows_the_weight():
+def test_few_rows_match_linear_for_every_row_count_and_shape():
     head = nn.Linear(16, 40, bias=False).double()
-    for rows in (1, 2, 3, 5):
+    biased = nn.Linear(16, 40).double()
+    for shape in [(1, 16), (2, 16), (3, 16), (1, 1, 16), (2, 3, 16), (FEW_ROWS, 16), (FEW_ROWS + 1, 16), (16,)]:
+        hidden = torch.randn(*shape, dtype=torch.float64)
+        with torch.no_grad():
+            for module in (head, biased):
+                out = project(module, hidden)
+                assert out.shape == module(hidden).shape and out.is_contiguous()
+                assert torch.allclose(out, module(hidden), atol=1e-12)
+    with torch.no_grad():
+        assert torch.allclose(few_rows_product(head.weight, torch.ones(1, 16, dtype=torch.float64)),
+                              head.weight.sum(1)[None], atol=1e-12)
+
+
+def test_subset_head_few_rows_match_its_full_product():
+    weight = torch.randn(8, 16, dtype=torch.float64)
+    head = SubsetHead(weight, torch.arange(0, 40, 5), 40)
+    for rows in (1, 2, 7, 40):
         hidden = torch.randn(rows, 16, dtype=torch.float64)
         with torch.no_grad():
-            assert torch.allclose(project(head, hidden), head(hidden), atol=1e-12)
-    first = transposed_weight(head.weight)
-    assert transposed_weight(head.weight) is first  # cached
-    with torch.no_grad():
-        head.weight.mul_(2)  # an in-place change refreshes the copy
-        hidden = torch.randn(1, 16, dtype=torch.float64)
-        assert torch.allclose(project(head, hidden), head(hidden), atol=1e-12)
+            assert torch.allclose(head.subset_logits(hidden), hidden @ weight.t(), atol=1e-12)
 
 
 def test_other_heads_and_gradients_take_the_module_itself():

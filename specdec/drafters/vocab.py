@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..head import FEW_ROWS, transposed_weight
+from ..head import few_rows_product, use_few_rows
 from .base import output_vocab_size
 
 
@@ -44,9 +44,8 @@ class SubsetHead(nn.Module):
 
     def subset_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """Logits [..., V'] over the subset only."""
-        rows = hidden.numel() // hidden.shape[-1]
-        if hidden.device.type == "cpu" and 0 < rows <= FEW_ROWS and not torch.is_grad_enabled():
-            return hidden @ transposed_weight(self.weight)  # the faster layout for few rows (see specdec.head)
+        if use_few_rows(hidden) and hidden.dtype == self.weight.dtype:
+            return few_rows_product(self.weight, hidden)  # the faster product for few rows (see specdec.head)
         return nn.functional.linear(hidden, self.weight)
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
