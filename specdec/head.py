@@ -28,10 +28,10 @@ def few_rows_product(weight: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor
     return out.reshape(*hidden.shape[:-1], weight.shape[0])
 
 
-def use_few_rows(hidden: torch.Tensor) -> bool:
-    """Whether ``hidden`` [..., H] is few enough CPU rows, outside autograd, for :func:`few_rows_product`."""
+def use_few_rows(hidden: torch.Tensor, most: int = FEW_ROWS) -> bool:
+    """Whether ``hidden`` [..., H] is at most ``most`` CPU rows, outside autograd, for :func:`few_rows_product`."""
     rows = hidden.numel() // hidden.shape[-1] if hidden.shape[-1] else 0
-    return hidden.device.type == "cpu" and 0 < rows <= FEW_ROWS and not torch.is_grad_enabled()
+    return hidden.device.type == "cpu" and 0 < rows <= most and not torch.is_grad_enabled()
 
 
 def project(head: nn.Module, hidden: torch.Tensor) -> torch.Tensor:
