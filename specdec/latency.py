@@ -3,9 +3,10 @@
 Two regressions (SmartSpec, Liu et al. 2024; the features of its authors' vLLM fork):
 
 * the target's verification, in batch size B, tokens verified per row n + 1 (n draft nodes) and
-  context C per row: ``[1, B, B*(n+1), B*C, [n > 0]]`` (linear) or those plus their squares and
-  pairwise products (quadratic).  The indicator is there because on CPUs the jump from one to
-  two rows per matrix product costs more than any later step;
+  context C per row: ``[1, B, B*(n+1), B*C, [n > 0], [B*(n+1) > R], [B*(n+1) > R]*B*(n+1)]``
+  (linear) or those plus the squares and pairwise products of the middle three (quadratic).  The
+  indicators are there because CPU matrix products change kernels: specdec's linear layers
+  multiply up to R = ``specdec.few_rows.MAX_ROWS`` rows one way and more rows another;
 * the drafter's proposal, in B and draft depth k: ``[1, k, B*k, B]`` (linear) or quadratic.
 
 :func:`fit` keeps, for each, the form with the better R^2 on held-out points.  A
@@ -24,7 +25,11 @@ import numpy as np
 
 def verify_features(batch, nodes, context, form: str) -> np.ndarray:
     b, n, c = (np.asarray(x, dtype=np.float64) for x in (batch, nodes, context))
-    base = [np.ones_like(b), b, b * (n + 1), b * c / 1000.0, (n > 0).astype(np.float64)]
+    from .few_rows import MAX_ROWS
+
+    tokens = b * (n + 1)
+    many = (tokens > MAX_ROWS).astype(np.float64)
+    base = [np.ones_like(b), b, tokens, b * c / 1000.0, (n > 0).astype(np.float64), many, many * tokens]
     return np.stack(base + (_quadratic(base[1:4]) if form == "quadratic" else []), axis=-1)
 
 
@@ -109,14 +114,17 @@ class LatencyModel:
 
 
 def latency_key(model, threads: int | None = None) -> dict:
-    """What a latency profile is valid for: the model, its dtype, the device and the thread count."""
+    """What a latency profile is valid for: the model, its dtype, the device, the thread count and the kernels."""
     import torch
 
     parameter = next(model.parameters())
     name = getattr(model.config, "_name_or_path", None) or type(model).__name__
     size = sum(p.numel() for p in model.parameters())
+    from .few_rows import MAX_ROWS
+
     return {"model": f"{Path(str(name)).name}:{size}", "dtype": str(parameter.dtype).replace("torch.", ""),
-            "device": parameter.device.type, "threads": int(threads or torch.get_num_threads())}
+            "device": parameter.device.type, "threads": int(threads or torch.get_num_threads()),
+            "linears": f"few-rows<={MAX_ROWS}"}
 
 
 def default_path(key: dict) -> Path:

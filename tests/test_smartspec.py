@@ -16,7 +16,7 @@ from test_sampling_lossless import PROMPT, exact_law, generated, models
 VOCAB = 64
 
 
-def synthetic_latency(model, drafter_name="ScriptedDrafter", verify=(1.0, 0.0, 0.05, 0.0, 0.3), draft=(0.0, 0.05, 0.0, 0.0)):
+def synthetic_latency(model, drafter_name="ScriptedDrafter", verify=(1.0, 0.0, 0.05, 0.0, 0.3, 0.0, 0.0), draft=(0.0, 0.05, 0.0, 0.0)):
     """verify(B, n, C) = 1 + 0.05 B (n+1) + 0.3 [n>0] seconds; draft(B, k) = 0.05 k."""
     return LatencyModel(latency_key(model), Regression("linear", list(verify), 1.0),
                         {drafter_name: Regression("linear", list(draft), 1.0)})
@@ -105,7 +105,7 @@ def test_sampled_output_is_the_targets_law_while_k_changes():
     """Exact enumeration: a fresh SmartSpec per run changes k step to step; the law is exactly the target's."""
     target, draft = models()
     expected = exact_law(target, 3, specdec.SamplingConfig(do_sample=True))
-    latency = synthetic_latency(target, "DraftModel", verify=(1.0, 0.0, 0.02, 0.0, 0.1))
+    latency = synthetic_latency(target, "DraftModel", verify=(1.0, 0.0, 0.02, 0.0, 0.1, 0.0, 0.0))
 
     def run(rng):
         policy = specdec.SmartSpec(max_depth=2, latency=latency, prior=0.6, decay=0.2)
