@@ -1,6 +1,7 @@
 """SmartSpec: goodput-optimal depths from a latency model and online acceptance; exactness while k changes."""
 import itertools
 
+import numpy as np
 import pytest
 import torch
 
@@ -154,3 +155,15 @@ def test_latency_regression_fits_and_round_trips(tmp_path, target):
     saved = LatencyModel(latency_key(target), model).save(tmp_path / "m.json")
     back = LatencyModel.load(saved, latency_key(target))
     assert abs(back.verify_seconds(2, 3, 512) - (0.04 + 0.002 * 8 + 0.00001 * 1024 + 0.01)) < 1e-6
+
+
+def test_fit_with_fewer_points_than_features_reproduces_them():
+    """A drafter profiled at one depth gives fewer points than features: the fit still reproduces them."""
+    from specdec.latency import draft_features, fit
+
+    batches, depths = [1, 2, 4, 8], [1, 1, 1, 1]
+    y = np.array([0.003, 0.004, 0.006, 0.010])
+    model = fit(lambda form: draft_features(batches, depths, form), y)
+    assert np.allclose(draft_features(batches, depths, model.form) @ np.asarray(model.coef), y, atol=1e-9)
+    with pytest.raises(ValueError, match="too few profiled points"):
+        fit(lambda form: draft_features([1], [1], form), np.array([0.003]))
