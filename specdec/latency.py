@@ -3,13 +3,16 @@
 Two regressions (SmartSpec, Liu et al. 2024; the features of its authors' vLLM fork):
 
 * the target's verification, in batch size B, tokens verified per row n + 1 (n draft nodes) and
-  context C per row: ``[1, B, B*(n+1), B*C, [n > 0], [B*(n+1) > R], [B*(n+1) > R]*B*(n+1)]``
-  (linear) or those plus the squares and pairwise products of the middle three (quadratic).  The
-  indicators are there because CPU matrix products change kernels: specdec's linear layers
-  multiply up to R = ``specdec.few_rows.MAX_ROWS`` rows one way and more rows another;
+  context C per row, with T = B*(n+1) tokens in all:
+  ``[1, B, T, B*C, [n > 0], [T > R], [T > R]*T, [T > 2]]`` (linear) or those plus the squares and
+  pairwise products of B, T and B*C (quadratic).  The indicators are there because CPU matrix
+  products change kernels: specdec's linear layers multiply up to R = ``specdec.few_rows.MAX_ROWS``
+  rows one way and more rows another, and one or two rows cost the same (one is padded to two);
 * the drafter's proposal, in B and draft depth k: ``[1, k, B*k, B]`` (linear) or quadratic.
 
-:func:`fit` keeps, for each, the form with the better R^2 on held-out points.  A
+:func:`fit` keeps, for each, the form with the better R^2 on held-out points.  Least squares are
+weighted by 1/y, so the fit minimises relative error: a policy compares steps of 30 ms and of
+35 ms, and an unweighted fit spends its accuracy on the 150-ms steps of big batches.  A
 :class:`LatencyModel` is saved as JSON keyed by the model, its dtype, the device and the thread
 count, and loading refuses a file made for anything else.
 """
@@ -23,13 +26,17 @@ from pathlib import Path
 import numpy as np
 
 
+FEATURES_VERSION = 2  # in the profile key: files fitted on other features are refused
+
+
 def verify_features(batch, nodes, context, form: str) -> np.ndarray:
     b, n, c = (np.asarray(x, dtype=np.float64) for x in (batch, nodes, context))
     from .few_rows import MAX_ROWS
 
     tokens = b * (n + 1)
     many = (tokens > MAX_ROWS).astype(np.float64)
-    base = [np.ones_like(b), b, tokens, b * c / 1000.0, (n > 0).astype(np.float64), many, many * tokens]
+    base = [np.ones_like(b), b, tokens, b * c / 1000.0, (n > 0).astype(np.float64), many, many * tokens,
+            (tokens > 2).astype(np.float64)]
     return np.stack(base + (_quadratic(base[1:4]) if form == "quadratic" else []), axis=-1)
 
 
@@ -58,6 +65,12 @@ def r2(y: np.ndarray, pred: np.ndarray) -> float:
     return 1.0 - float(((y - pred) ** 2).sum()) / total if total > 0 else 1.0
 
 
+def _relative_lstsq(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Least squares of x @ coef ~ y weighted by 1/|y| (relative error)."""
+    w = 1.0 / np.maximum(np.abs(y), 1e-9)
+    return np.linalg.lstsq(x * w[:, None], y * w, rcond=None)[0]
+
+
 def fit(features, y: np.ndarray, seed: int = 0, holdout: float = 0.25) -> Regression:
     """The form (linear or quadratic) of ``features(form)`` with the better held-out R^2, refitted on all points."""
     y = np.asarray(y, dtype=np.float64)
@@ -69,13 +82,13 @@ def fit(features, y: np.ndarray, seed: int = 0, holdout: float = 0.25) -> Regres
         x = features(form)
         if len(train) < x.shape[1]:
             continue
-        coef = np.linalg.lstsq(x[train], y[train], rcond=None)[0]
+        coef = _relative_lstsq(x[train], y[train])
         score = r2(y[test], x[test] @ coef)
         if best is None or score > best.r2_heldout + 1e-3:  # the simpler form unless clearly worse
-            best = Regression(form, np.linalg.lstsq(x, y, rcond=None)[0].tolist(), score)
+            best = Regression(form, _relative_lstsq(x, y).tolist(), score)
     if best is None and len(y) >= 2:  # fewer points than features (a drafter that drafts 1 deep): no held-out
         x = features("linear")          # split; the least-norm fit reproduces the profiled points, R^2 in-sample
-        coef = np.linalg.lstsq(x, y, rcond=None)[0]
+        coef = _relative_lstsq(x, y)
         best = Regression("linear", coef.tolist(), r2(y, x @ coef))
     if best is None:
         raise ValueError(f"too few profiled points ({len(y)}) to fit a latency model")
@@ -128,7 +141,7 @@ def latency_key(model, threads: int | None = None) -> dict:
 
     return {"model": f"{Path(str(name)).name}:{size}", "dtype": str(parameter.dtype).replace("torch.", ""),
             "device": parameter.device.type, "threads": int(threads or torch.get_num_threads()),
-            "linears": f"few-rows<={MAX_ROWS}"}
+            "linears": f"few-rows<={MAX_ROWS}", "features": FEATURES_VERSION}
 
 
 def default_path(key: dict) -> Path:

@@ -17,7 +17,7 @@ from test_sampling_lossless import PROMPT, exact_law, generated, models
 VOCAB = 64
 
 
-def synthetic_latency(model, drafter_name="ScriptedDrafter", verify=(1.0, 0.0, 0.05, 0.0, 0.3, 0.0, 0.0), draft=(0.0, 0.05, 0.0, 0.0)):
+def synthetic_latency(model, drafter_name="ScriptedDrafter", verify=(1.0, 0.0, 0.05, 0.0, 0.3, 0.0, 0.0, 0.0), draft=(0.0, 0.05, 0.0, 0.0)):
     """verify(B, n, C) = 1 + 0.05 B (n+1) + 0.3 [n>0] seconds; draft(B, k) = 0.05 k."""
     return LatencyModel(latency_key(model), Regression("linear", list(verify), 1.0),
                         {drafter_name: Regression("linear", list(draft), 1.0)})
@@ -106,7 +106,7 @@ def test_sampled_output_is_the_targets_law_while_k_changes():
     """Exact enumeration: a fresh SmartSpec per run changes k step to step; the law is exactly the target's."""
     target, draft = models()
     expected = exact_law(target, 3, specdec.SamplingConfig(do_sample=True))
-    latency = synthetic_latency(target, "DraftModel", verify=(1.0, 0.0, 0.02, 0.0, 0.1, 0.0, 0.0))
+    latency = synthetic_latency(target, "DraftModel", verify=(1.0, 0.0, 0.02, 0.0, 0.1, 0.0, 0.0, 0.0))
 
     def run(rng):
         policy = specdec.SmartSpec(max_depth=2, latency=latency, prior=0.6, decay=0.2)
@@ -149,7 +149,7 @@ def test_latency_regression_fits_and_round_trips(tmp_path, target):
 
     grid = list(itertools.product((1, 2, 4), (0, 1, 3, 7), (64, 512)))
     b, n, c = (np.array(x, dtype=float) for x in zip(*grid))
-    y = 0.04 + 0.002 * b * (n + 1) + 0.00001 * b * c + 0.01 * (n > 0)
+    y = 0.04 + 0.002 * b * (n + 1) + 0.00001 * b * c + 0.01 * (b * (n + 1) > 2)
     model = fit(lambda form: verify_features(b, n, c, form), y)
     assert model.r2_heldout > 0.999
     saved = LatencyModel(latency_key(target), model).save(tmp_path / "m.json")
