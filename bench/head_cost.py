@@ -17,13 +17,10 @@ import specdec
 from specdec.head import few_rows_product
 
 
-def _time(fn, repeats: int) -> list[float]:
-    out = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        fn()
-        out.append(time.perf_counter() - started)
-    return out
+def _seconds(fn) -> float:
+    started = time.perf_counter()
+    fn()
+    return time.perf_counter() - started
 
 
 def main() -> None:
@@ -51,7 +48,7 @@ def main() -> None:
                 times = {k: [] for k in cases}
                 for r in range(args.repeats):
                     for k in (list(cases) if r % 2 == 0 else list(cases)[::-1]):
-                        times[k] += _time(cases[k], 1)
+                        times[k].append(_seconds(cases[k]))
                 ms = {k: round(statistics.median(v) * 1e3, 3) for k, v in times.items()}
                 results[f"{name}[{tuple(weight.shape)}] x {rows}"] = ms
                 print(f"{name:>9} {tuple(weight.shape)!s:>14} rows {rows:>3}: F.linear {ms['linear']:8.3f} ms   "

@@ -14,7 +14,8 @@ Measured inside a SmolLM2-135M verification (2 threads, context 200, ``F.linear`
 ``W @ x.T`` in every layer and the head): 1 token 51.5 against 34.0 ms, 2 tokens 81.5 against 36.4,
 3: 90.7 / 46.8, 4: 71.5 / 46.8, 5: 67.0 / 53.3, 6: 67.1 / 60.7, 8: 72.8 / 67.2, 12: 94.6 / 105.2,
 16: 90.1 / 88.9 (one Hugging Face step: 57.7 ms).  Hence ``MAX_ROWS = 8``: the layers' matrices
-are small enough that beyond a few rows ``F.linear``'s blocked kernel catches up.  Results differ from ``F.linear``'s only by float rounding.
+are small enough that beyond a few rows ``F.linear``'s blocked kernel catches up.  Results differ
+from ``F.linear``'s only by float rounding.
 Not thread-safe: do not run the same model in other threads meanwhile.
 """
 from __future__ import annotations
@@ -24,20 +25,17 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
-from .head import few_rows_product, use_few_rows
+from .head import linear
 
 
 MAX_ROWS = 8  # rows (tokens over the batch) up to which a layer multiplies as W @ x.T
 
 
 class FewRowsLinear(nn.Linear):
-    """``nn.Linear`` whose forward takes :func:`specdec.head.few_rows_product` for at most ``MAX_ROWS`` CPU rows."""
+    """``nn.Linear`` whose forward takes :func:`specdec.head.linear`'s few-row product for at most ``MAX_ROWS`` CPU rows."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if use_few_rows(x, MAX_ROWS) and x.dtype == self.weight.dtype:
-            out = few_rows_product(self.weight, x)
-            return out if self.bias is None else out + self.bias
-        return nn.functional.linear(x, self.weight, self.bias)
+        return linear(x, self.weight, self.bias, MAX_ROWS)
 
 
 @contextmanager

@@ -34,15 +34,23 @@ def use_few_rows(hidden: torch.Tensor, most: int = FEW_ROWS) -> bool:
     return hidden.device.type == "cpu" and 0 < rows <= most and not torch.is_grad_enabled()
 
 
+def linear(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
+           most: int = FEW_ROWS) -> torch.Tensor:
+    """``F.linear(hidden, weight, bias)``, as :func:`few_rows_product` for at most ``most`` CPU rows outside autograd."""
+    if use_few_rows(hidden, most) and weight.dtype == hidden.dtype:
+        out = few_rows_product(weight, hidden)
+        return out if bias is None else out + bias
+    return nn.functional.linear(hidden, weight, bias)
+
+
 def project(head: nn.Module, hidden: torch.Tensor) -> torch.Tensor:
     """``head(hidden)`` for inputs [..., H]; plain linear layers on the CPU take the fast path for few rows.
 
     Worth it for matrices larger than the CPU's caches (output heads, wide draft layers); small
     ones run either way at about the same speed.
     """
-    if type(head) is nn.Linear and use_few_rows(hidden) and head.weight.dtype == hidden.dtype:
-        out = few_rows_product(head.weight, hidden)
-        return out if head.bias is None else out + head.bias
+    if type(head) is nn.Linear:
+        return linear(hidden, head.weight, head.bias)
     return head(hidden)
 
 

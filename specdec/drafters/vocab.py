@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..head import few_rows_product, use_few_rows
+from ..head import linear
 from .base import output_vocab_size
 
 
@@ -44,9 +44,7 @@ class SubsetHead(nn.Module):
 
     def subset_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """Logits [..., V'] over the subset only."""
-        if use_few_rows(hidden) and hidden.dtype == self.weight.dtype:
-            return few_rows_product(self.weight, hidden)  # the faster product for few rows (see specdec.head)
-        return nn.functional.linear(hidden, self.weight)
+        return linear(hidden, self.weight)  # the faster product for few rows (see specdec.head)
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
         sub = self.subset_logits(hidden)
