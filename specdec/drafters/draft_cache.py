@@ -23,11 +23,13 @@ from ..head import logits as head_logits
 from ..kv import RaggedCache
 from ..tree import DraftTree, additive_mask
 from .base import CommitUpdate
+from .lean_llama import LeanLlama, supports
 
 
 class DraftCache:
     def __init__(self, kv_config, pending: list[list], device, dtype: torch.dtype, model: torch.nn.Module | None = None):
         self.model = model
+        self.lean = LeanLlama(model) if model is not None and supports(model) else None
         self.dtype = dtype
         self.kv = RaggedCache(kv_config, len(pending), device)
         self.pending = pending  # per row: committed items not in the cache yet, in order
@@ -45,9 +47,11 @@ class DraftCache:
         def run(tokens, real, positions, mask):
             if not isinstance(tokens, torch.Tensor):  # pending token lists, right-aligned
                 tokens = _right_aligned(tokens, real.shape[1], real.device)
-            out = self.model.get_decoder()(input_ids=tokens, attention_mask=mask, position_ids=positions,
-                                           past_key_values=self.kv.kv, use_cache=True)
-            hidden = out.last_hidden_state
+            if self.lean is not None:
+                hidden = self.lean(tokens, mask, positions, self.kv.layers)
+            else:
+                hidden = self.model.get_decoder()(input_ids=tokens, attention_mask=mask, position_ids=positions,
+                                                  past_key_values=self.kv.kv, use_cache=True).last_hidden_state
             return head_logits(self.model, hidden[:, -logits_to_keep:] if logits_to_keep else hidden)
         return run
 
@@ -150,7 +154,7 @@ class DraftCache:
     def take_rows(self, rows: torch.Tensor) -> "DraftCache":
         """A copy of rows ``rows`` (may be taken between a proposal and its commit)."""
         out = DraftCache.__new__(DraftCache)
-        out.model, out.dtype = self.model, self.dtype
+        out.model, out.lean, out.dtype = self.model, self.lean, self.dtype
         out.kv = self.kv.take_rows(rows)
         out.pending = [list(self.pending[r]) for r in rows.tolist()]
         out.context = self.context - (self.kv.width - out.kv.width)  # take_rows trims common left padding
@@ -161,7 +165,7 @@ class DraftCache:
     def concat(caches: list["DraftCache"]) -> "DraftCache":
         """The rows of ``caches`` in order, as one batch (between steps)."""
         out = DraftCache.__new__(DraftCache)
-        out.model, out.dtype = caches[0].model, caches[0].dtype
+        out.model, out.lean, out.dtype = caches[0].model, caches[0].lean, caches[0].dtype
         out.kv = RaggedCache.concat([c.kv for c in caches])
         out.pending = [list(p) for c in caches for p in c.pending]
         out.context = out.kv.width

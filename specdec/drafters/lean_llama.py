@@ -1,0 +1,114 @@
+"""A Llama decoder's forward for drafting, without Hugging Face's per-call machinery.
+
+A small draft LM spends most of a drafted token outside its arithmetic: measured on the
+development machine (2 threads, the 2-layer, 256-wide draft of ``artifacts/``), Hugging Face's
+``LlamaModel`` takes 0.55 ms for one token with its weights in cache, of which the matrix
+products are about 0.1 ms; the rest is mask building, rotary and output plumbing, and the many
+small modules.  :class:`LeanLlama` runs the same mathematics from the same weights: q, k and v in
+one product, gate and up in one, rotary from the model's own rotary module, and
+``scaled_dot_product_attention`` over :class:`~specdec.kv.BufferLayer` caches.  It is used by
+:class:`~specdec.drafters.draft_cache.DraftCache` for plain Llama drafts (``supports``) and is
+held equal to ``LlamaModel`` by ``tests/test_lean_llama.py``; other families run through their
+own Hugging Face forward.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from ..head import linear
+
+
+def supports(model: nn.Module) -> bool:
+    """Whether ``model`` is a plain Llama (no biases, SiLU, one tensor-parallel slice) LeanLlama can run."""
+    config = getattr(model, "config", None)
+    return (getattr(config, "model_type", None) == "llama" and not getattr(config, "attention_bias", False)
+            and not getattr(config, "mlp_bias", False) and getattr(config, "hidden_act", None) == "silu"
+            and getattr(config, "pretraining_tp", 1) == 1)
+
+
+class LeanLlama:
+    """``model.get_decoder()``'s last hidden states, computed from its weights (fused, read at call time)."""
+
+    def __init__(self, model: nn.Module):
+        if not supports(model):
+            raise ValueError(f"LeanLlama runs plain Llama models, not {getattr(model.config, 'model_type', '?')}")
+        decoder = model.get_decoder()
+        config = model.config
+        self.decoder = decoder
+        self.heads = config.num_attention_heads
+        self.kv_heads = config.num_key_value_heads
+        self.head_dim = getattr(config, "head_dim", None) or config.hidden_size // self.heads
+        self.eps = config.rms_norm_eps
+        with torch.no_grad():
+            self.layers = [self._fused(layer) for layer in decoder.layers]
+
+    @staticmethod
+    def _fused(layer: nn.Module) -> dict:
+        attn, mlp = layer.self_attn, layer.mlp
+        return {
+            "qkv": torch.cat([attn.q_proj.weight, attn.k_proj.weight, attn.v_proj.weight]).contiguous(),
+            "o": attn.o_proj.weight,
+            "gate_up": torch.cat([mlp.gate_proj.weight, mlp.up_proj.weight]).contiguous(),
+            "down": mlp.down_proj.weight,
+            "norm_in": layer.input_layernorm.weight,
+            "norm_post": layer.post_attention_layernorm.weight,
+        }
+
+    def _norm(self, hidden: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        dtype = hidden.dtype
+        hidden = hidden.to(torch.float32)  # as LlamaRMSNorm does, whatever the model's dtype
+        hidden = hidden * torch.rsqrt(hidden.pow(2).mean(-1, keepdim=True) + self.eps)
+        return weight * hidden.to(dtype)
+
+    @torch.no_grad()
+    def __call__(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None,
+                 position_ids: torch.Tensor, cache) -> torch.Tensor:
+        """Hidden states [B, T, H] of ``input_ids`` [B, T] appended to ``cache`` (a RaggedCache's layers).
+
+        ``attention_mask``: None (every cached entry real; the new tokens causal among themselves),
+        [B, C + T] with 1 for real entries (padding; causal over the new tokens), or a 4D additive
+        mask [B, 1, T, C + T] used as given.
+        """
+        b, t = input_ids.shape
+        hidden = self.decoder.embed_tokens(input_ids)
+        cos, sin = self.decoder.rotary_emb(hidden, position_ids)
+        cos, sin = cos[:, None], sin[:, None]  # [B, 1, T, D]
+        past = cache[0].get_seq_length()
+        mask = self._mask(attention_mask, b, t, past, hidden)
+        q_size, kv_size = self.heads * self.head_dim, self.kv_heads * self.head_dim
+        for layer, weights in zip(cache, self.layers):
+            x = self._norm(hidden, weights["norm_in"])
+            q, k, v = linear(x, weights["qkv"]).split([q_size, kv_size, kv_size], dim=-1)
+            q = _rotate(q.view(b, t, self.heads, self.head_dim).transpose(1, 2), cos, sin)
+            k = _rotate(k.view(b, t, self.kv_heads, self.head_dim).transpose(1, 2), cos, sin)
+            keys, values = layer.update(k, v.view(b, t, self.kv_heads, self.head_dim).transpose(1, 2))
+            attended = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask,
+                                                      enable_gqa=self.kv_heads != self.heads)
+            hidden = hidden + linear(attended.transpose(1, 2).reshape(b, t, q_size), weights["o"])
+            x = self._norm(hidden, weights["norm_post"])
+            gate, up = linear(x, weights["gate_up"]).chunk(2, dim=-1)
+            hidden = hidden + linear(F.silu(gate) * up, weights["down"])
+        return self._norm(hidden, self.decoder.norm.weight)
+
+    @staticmethod
+    def _mask(attention_mask, b: int, t: int, past: int, like: torch.Tensor):
+        if attention_mask is not None and attention_mask.dim() == 4:
+            return attention_mask.to(like.dtype)
+        if attention_mask is None and t == 1:
+            return None  # one new token sees every cached entry
+        causal = torch.ones(t, past + t, dtype=torch.bool, device=like.device).tril(past)
+        if attention_mask is None:
+            return causal
+        # padding queries also see themselves, so that no row is all masked (NaN in SDPA); real
+        # queries never see padding keys, so what padding computes is never read
+        itself = torch.zeros_like(causal)
+        itself[:, past:] = torch.eye(t, dtype=torch.bool, device=like.device)
+        return (causal[None, None] & attention_mask.bool()[:, None, None, :]) | itself
+
+
+def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    half = x.shape[-1] // 2
+    rotated = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
+    return x * cos + rotated * sin

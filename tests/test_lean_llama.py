@@ -1,0 +1,69 @@
+"""LeanLlama (the draft LMs' fast forward) computes what Hugging Face's LlamaModel computes.
+
+Every forward a draft cache makes during real decoding (ragged catch-ups with padding, chain
+feeds, tree feeds through 4D masks) is recorded once through LeanLlama and once through the
+Hugging Face decoder, and the outputs must agree to float64 rounding.
+"""
+import pytest
+import torch
+from conftest import tiny_llama
+
+import specdec
+from specdec import drafters
+from specdec.drafters import draft_cache, lean_llama
+
+VOCAB = 64
+
+
+def _recorded_runs(monkeypatch, target, make_drafter, ids, mask, lean: bool) -> list[torch.Tensor]:
+    outputs = []
+    original = draft_cache.DraftCache._lm
+
+    def recording(self, logits_to_keep):
+        if not lean:
+            self.lean = None
+        run = original(self, logits_to_keep)
+
+        def wrapped(*args):
+            out = run(*args)
+            outputs.append(out.clone())
+            return out
+        return wrapped
+
+    monkeypatch.setattr(draft_cache.DraftCache, "_lm", recording)
+    specdec.generate(target, ids, make_drafter(), attention_mask=mask, max_new_tokens=20, eos_token_id=[])
+    monkeypatch.setattr(draft_cache.DraftCache, "_lm", original)
+    return outputs
+
+
+@pytest.mark.parametrize("kind", ["chain", "tree"])
+def test_lean_forward_equals_hugging_face(monkeypatch, kind):
+    target = tiny_llama(VOCAB, seed=0, eos_token_id=None, pad_token_id=0)
+    draft = tiny_llama(VOCAB, seed=3, num_layers=2, hidden=32, heads=4, kv_heads=2)
+    assert lean_llama.supports(draft)
+    ids = torch.randint(3, VOCAB, (3, 9), generator=torch.Generator().manual_seed(2))
+    mask = torch.ones_like(ids)
+    mask[0, :4] = 0  # ragged rows: left padding of different widths
+    mask[2, :1] = 0
+    if kind == "chain":
+        def make():
+            return drafters.DraftModel(draft, num_tokens=3)
+    else:
+        def make():
+            return drafters.RecursiveTree(draft, (3, 2, 1), max_nodes=8)
+    lean = _recorded_runs(monkeypatch, target, make, ids, mask, lean=True)
+    reference = _recorded_runs(monkeypatch, target, make, ids, mask, lean=False)
+    assert len(lean) == len(reference) > 5
+    for ours, theirs in zip(lean, reference):
+        assert ours.shape == theirs.shape
+        finite = torch.isfinite(theirs)
+        assert torch.equal(finite, torch.isfinite(ours))
+        torch.testing.assert_close(ours[finite], theirs[finite], rtol=1e-9, atol=1e-9)
+
+
+def test_only_plain_llamas_run_lean():
+    assert lean_llama.supports(tiny_llama(VOCAB))
+    assert not lean_llama.supports(tiny_llama(VOCAB, attention_bias=True))
+    assert not lean_llama.supports(tiny_llama(VOCAB, hidden_act="gelu"))
+    with pytest.raises(ValueError, match="plain Llama"):
+        lean_llama.LeanLlama(tiny_llama(VOCAB, mlp_bias=True))
