@@ -3,8 +3,9 @@
 For every drafter (``drafters``; those whose artifact is missing are skipped) and batch size
 (``batch_sizes``), the dataset's prompts are decoded by ``specdec.generate_pool`` (fixed batches)
 with SmartSpec and with each fixed depth in ``depths`` (0 is plain decoding), interleaved: each cell
-runs its policies in a rotated order.  Throughput is generated tokens per second over the cell's
-prompts.  The report gives, per cell, every policy's throughput, the best fixed depth, and
+runs ``repeats`` rounds of all its policies, each round in another rotated order.  Throughput is
+generated tokens per second over the cell's prompts, the median of the rounds (run-to-run noise on
+a small CPU is larger than the few percent between neighbouring depths).  The report gives, per cell, every policy's throughput, the best fixed depth, and
 SmartSpec's ratio to it and to plain decoding; averaged over the cells, SmartSpec against every
 single fixed depth.  Writes ``sweep.json``, ``sweep.md`` and ``sweep.png`` (SmartSpec's chosen depth
 over a run, and its predicted against measured step time).
@@ -79,20 +80,25 @@ def run(cfg: DictConfig, out_dir: str) -> dict:
                                   max_new_tokens=8, speculation=smartspec[name])
         for name, drafter in drafters.items():
             for batch_size in [int(b) for b in cfg.batch_sizes]:
-                order = policies[len(cells) % len(policies):] + policies[:len(cells) % len(policies)]
-                cell = {"drafter": name, "batch_size": batch_size, "tokens_per_second": {}}
-                for policy in order:
-                    speculation = smartspec[name] if policy == "smartspec" else int(policy[2:])
-                    t0 = time.perf_counter()
-                    out = specdec.generate_pool(model, rows, drafter, batch_size=batch_size, schedule="eqspec",
-                                                config=decoding, speculation=speculation)
-                    seconds = time.perf_counter() - t0
-                    cell["tokens_per_second"][policy] = out.stats.tokens_generated / seconds
-                    if policy == "smartspec":
-                        cell["smartspec_depths"] = statistics.mean(max(d) for d in out.stats.depth_chosen)
-                        traces[f"{name}@{batch_size}"] = {
-                            "depth": [max(d) for d in out.stats.depth_chosen],
-                            "predicted": out.stats.predicted_seconds, "measured": out.stats.step_seconds}
+                cell = {"drafter": name, "batch_size": batch_size, "tokens_per_second": {}, "runs": {p: [] for p in policies}}
+                for round_ in range(int(cfg.repeats)):  # each round in another rotated order; medians
+                    shift = (len(cells) + round_) % len(policies)
+                    for policy in policies[shift:] + policies[:shift]:
+                        speculation = smartspec[name] if policy == "smartspec" else int(policy[2:])
+                        t0 = time.perf_counter()
+                        out = specdec.generate_pool(model, rows, drafter, batch_size=batch_size, schedule="eqspec",
+                                                    config=decoding, speculation=speculation)
+                        seconds = time.perf_counter() - t0
+                        cell["runs"][policy].append(out.stats.tokens_generated / seconds)
+                        if policy == "smartspec":
+                            cell["smartspec_depths"] = statistics.mean(max(d) for d in out.stats.depth_chosen)
+                            traces[f"{name}@{batch_size}"] = {
+                                "depth": [max(d) for d in out.stats.depth_chosen],
+                                "predicted": out.stats.predicted_seconds, "measured": out.stats.step_seconds}
+                            errors = [abs(p - m) / m for p, m in zip(out.stats.predicted_seconds, out.stats.step_seconds)
+                                      if p is not None and m > 0]
+                            cell["prediction_error"] = statistics.median(errors) if errors else None
+                cell["tokens_per_second"] = {p: statistics.median(v) for p, v in cell["runs"].items()}
                 fixed = {p: v for p, v in cell["tokens_per_second"].items() if p != "smartspec"}
                 best = max(fixed, key=fixed.get)
                 cell["best_fixed"] = best
@@ -101,7 +107,9 @@ def run(cfg: DictConfig, out_dir: str) -> dict:
                 cells.append(cell)
                 log.info("%s B=%d: %s", name, batch_size, {k: round(v, 1) for k, v in cell["tokens_per_second"].items()})
     summary = {"smartspec_over_fixed": {}, "cells_within_3pct": sum(c["smartspec_over_best"] >= 0.97 for c in cells),
-               "cells": len(cells), "min_over_plain": min((c["smartspec_over_plain"] for c in cells), default=None)}
+               "cells": len(cells), "min_over_plain": min((c["smartspec_over_plain"] for c in cells), default=None),
+               "median_step_prediction_error": statistics.median(
+                   [c["prediction_error"] for c in cells if c.get("prediction_error") is not None] or [float("nan")])}
     for policy in policies[1:]:
         ratios = [c["tokens_per_second"]["smartspec"] / c["tokens_per_second"][policy] for c in cells]
         summary["smartspec_over_fixed"][policy] = statistics.mean(ratios) if ratios else None
@@ -135,6 +143,8 @@ def markdown(document: dict) -> str:
     s = document["summary"]
     lines += ["", f"SmartSpec within 3% of the best fixed depth in {s['cells_within_3pct']} of {s['cells']} cells; "
               f"lowest ratio to plain decoding {s['min_over_plain']:.3f}." if s["min_over_plain"] is not None else "",
+              f"Median relative error of SmartSpec's predicted step time against the measured one: "
+              f"{s.get('median_step_prediction_error', float('nan')):.3f}.",
               "Averaged over the cells, SmartSpec's throughput over each fixed depth: "
               + ", ".join(f"{p} {v:.3f}" for p, v in s["smartspec_over_fixed"].items() if v is not None) + "."]
     return "\n".join(lines)

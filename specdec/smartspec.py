@@ -21,6 +21,14 @@ Tree drafters: the node budget grows with depth in proportion to the drafter's o
 (``nodes(K) = ceil(num_nodes * K / num_tokens)``).  Every row of a batch drafts the same K (the
 verification is one dense forward, so a shorter row saves nothing), except where its budget
 cuts it.  The policy records its predicted step time; the engine records the measured one.
+
+The profile times the target and the drafter in isolation; a real step also pays the engine's
+own work and runs with caches the other model just evicted.  So predictions are corrected
+online: per batch size and depth, a moving average of measured over predicted seconds
+(``time_decay``) multiplies the profile's prediction once that depth has been observed
+``min_time_observations`` times at that batch size; until then a drafting depth takes the correction
+of the nearest drafting depth observed at that batch size (drafting steps share their overheads),
+and plain decoding none.  ``correct_times=False`` trusts the latency model as it is.
 """
 from __future__ import annotations
 
@@ -37,7 +45,8 @@ log = logging.getLogger("specdec.smartspec")
 class SmartSpec(SpeculationPolicy):
     def __init__(self, max_depth: int | None = None, latency: LatencyModel | str | Path | None = None,
                  prior: float | list[float] = 0.5, decay: float = 0.9, margin: float = 1.0,
-                 min_row_observations: int = 8, profile_on_first_use: bool = True, probe_every: int = 16):
+                 min_row_observations: int = 8, profile_on_first_use: bool = True, probe_every: int = 16,
+                 time_decay: float = 0.8, min_time_observations: int = 3, correct_times: bool = True):
         if max_depth is not None and (isinstance(max_depth, bool) or not isinstance(max_depth, int) or max_depth < 1):
             raise ValueError(f"max_depth must be an int >= 1 or None, got {max_depth!r}")
         priors = [prior] if isinstance(prior, (int, float)) else list(prior)
@@ -55,6 +64,12 @@ class SmartSpec(SpeculationPolicy):
         if isinstance(probe_every, bool) or not isinstance(probe_every, int) or probe_every < 1:
             raise ValueError(f"probe_every must be an int >= 1, got {probe_every!r}")
         self.probe_every, self._idle = probe_every, 0
+        if not 0.0 <= time_decay < 1.0:
+            raise ValueError(f"time_decay must be in [0, 1), got {time_decay!r}")
+        self.time_decay, self.min_time = float(time_decay), int(min_time_observations)
+        self.correct_times = bool(correct_times)
+        self.time_ratio: dict[tuple[int, int], float] = {}  # (batch, depth) -> measured / profiled seconds
+        self.time_count: dict[tuple[int, int], int] = {}
         self.batch_rates: list[float] = []  # per position, batch-wide
         self.row_rates: dict[int, list[float]] = {}  # per sequence, per position
         self.row_counts: dict[int, list[int]] = {}
@@ -134,9 +149,28 @@ class SmartSpec(SpeculationPolicy):
             return depth
         return max(depth, math.ceil(self.default_nodes * depth / max(self.default_depth, 1)))
 
-    def step_seconds(self, batch: int, depth: int, context: float) -> float:
+    def profiled_seconds(self, batch: int, depth: int, context: float) -> float:
+        """The latency model's step time: verification of the depth's nodes plus drafting them."""
         return (self.latency.verify_seconds(batch, self.nodes(depth), context)
                 + self.latency.draft_seconds(self.drafter_name, batch, depth))
+
+    def time_correction(self, batch: int, depth: int) -> float:
+        """Measured over profiled seconds for (batch, depth): its own average once observed enough; for a
+        drafting depth not yet observed, that of the nearest drafting depth observed at this batch size
+        (drafting steps share their overheads); else 1."""
+        if not self.correct_times:
+            return 1.0
+        if self.time_count.get((batch, depth), 0) >= self.min_time:
+            return self.time_ratio[(batch, depth)]
+        if depth == 0:
+            return 1.0
+        seen = [k for (b, k), n in self.time_count.items() if b == batch and k > 0 and n >= self.min_time]
+        if not seen:
+            return 1.0
+        return self.time_ratio[(batch, min(seen, key=lambda k: (abs(k - depth), k)))]
+
+    def step_seconds(self, batch: int, depth: int, context: float) -> float:
+        return self.profiled_seconds(batch, depth, context) * self.time_correction(batch, depth)
 
     def plan(self, context: StepContext) -> SpeculationPlan:
         if getattr(self, "latency", None) is None or not isinstance(self.latency, LatencyModel):
@@ -157,12 +191,19 @@ class SmartSpec(SpeculationPolicy):
         nodes = None
         if self.default_nodes is not None:
             nodes = [self.nodes(min(best_depth, left - 1)) for left in context.remaining]
-        self.history.append({"depth": best_depth, "predicted_seconds": predicted, "batch": b})
+        self.history.append({"depth": best_depth, "predicted_seconds": predicted, "batch": b,
+                             "profiled_seconds": self.profiled_seconds(b, best_depth, mean_context)})
         return SpeculationPlan([best_depth] * b, nodes, predicted)
 
     def observe(self, report: StepReport) -> None:
-        if self.history:
-            self.history[-1]["measured_seconds"] = report.draft_seconds + report.verify_seconds
+        if self.history and "measured_seconds" not in self.history[-1]:
+            last = self.history[-1]
+            last["measured_seconds"] = measured = report.draft_seconds + report.verify_seconds
+            ratio = measured / max(last["profiled_seconds"], 1e-9)
+            key, keep = (last["batch"], last["depth"]), self.time_decay
+            seen = self.time_count.get(key, 0)
+            self.time_ratio[key] = ratio if seen == 0 else keep * self.time_ratio[key] + (1 - keep) * ratio
+            self.time_count[key] = seen + 1
         keep = self.decay
         for sequence, depth, proposed, accepted in zip(report.sequences, report.depth, report.proposed,
                                                        report.accepted):

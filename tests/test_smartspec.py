@@ -68,7 +68,7 @@ def test_the_plan_is_the_analytic_optimum(target):
 def test_it_settles_on_the_scripted_acceptance_and_stays_exact(target):
     """A drafter right for exactly 3 tokens: SmartSpec drafts 3 deep once it has learnt so; output is exact."""
     ids, ref = reference(target)
-    policy = specdec.SmartSpec(max_depth=8, latency=synthetic_latency(target), decay=0.5)
+    policy = specdec.SmartSpec(max_depth=8, latency=synthetic_latency(target), decay=0.5, correct_times=False)
     out = specdec.generate(target, ids, Scripted(ref, lambda s: 3), max_new_tokens=90, eos_token_id=[],
                            speculation=policy)
     assert torch.equal(out.sequences, ref)
@@ -80,7 +80,8 @@ def test_it_settles_on_the_scripted_acceptance_and_stays_exact(target):
 def test_it_stops_drafting_and_comes_back_when_acceptance_returns(target):
     """Wrong drafts: depth 0; from position 50 on the drafts are right: probes find it and depth rises again."""
     ids, ref = reference(target, 120)
-    policy = specdec.SmartSpec(max_depth=8, latency=synthetic_latency(target), decay=0.5, probe_every=8)
+    policy = specdec.SmartSpec(max_depth=8, latency=synthetic_latency(target), decay=0.5, probe_every=8,
+                               correct_times=False)
     out = specdec.generate(target, ids, Scripted(ref, lambda s: 0 if s < 50 else 6), max_new_tokens=120,
                            eos_token_id=[], speculation=policy)
     assert torch.equal(out.sequences, ref)
@@ -88,6 +89,33 @@ def test_it_stops_drafting_and_comes_back_when_acceptance_returns(target):
     early = chosen[5:40]
     assert early.count(0) > 25  # plain decoding while nothing is accepted (with a probe now and then)
     assert max(chosen[-8:]) >= 5  # drafting again once the drafts are right
+
+
+def test_measured_step_times_correct_the_profile(target):
+    """The profile says drafting 2 deep pays; steps that draft really take 3x as long: SmartSpec learns it and stops."""
+    policy = specdec.SmartSpec(max_depth=4, latency=synthetic_latency(target), time_decay=0.5, min_time_observations=2,
+                               min_row_observations=1000)
+    policy.start(target, Scripted(torch.zeros(1, 1, dtype=torch.long), lambda s: 0))
+    policy.batch_rates = [0.7] * 4
+    context = specdec.StepContext([0], [20], [50], None, 4, None)
+    first = policy.plan(context).depth[0]
+    assert first >= 1  # the profile alone favours drafting
+    chosen = []
+    for _ in range(12):
+        depth = policy.plan(context).depth[0]
+        chosen.append(depth)
+        truth = policy.profiled_seconds(1, depth, 20) * (3.0 if depth else 1.0)
+        policy.observe(specdec.StepReport([0], [depth], [depth], [0], 0.0, truth))
+        policy.batch_rates = [0.7] * 4  # hold acceptance fixed: only the times are learnt
+    assert chosen[-3:] == [0, 0, 0], chosen
+    assert policy.time_correction(1, 0) == pytest.approx(1.0)
+    assert policy.time_correction(1, first) == pytest.approx(3.0)
+    fixed = specdec.SmartSpec(max_depth=4, latency=synthetic_latency(target), correct_times=False)
+    fixed.start(target, Scripted(torch.zeros(1, 1, dtype=torch.long), lambda s: 0))
+    fixed.batch_rates = [0.7] * 4
+    fixed.plan(context)
+    fixed.observe(specdec.StepReport([0], [first], [first], [0], 0.0, 100.0))
+    assert fixed.time_correction(1, first) == 1.0 and fixed.plan(context).depth[0] == first
 
 
 def test_greedy_stays_exact_with_a_real_drafter_in_batches(target):
@@ -167,3 +195,31 @@ def test_fit_with_fewer_points_than_features_reproduces_them():
     assert np.allclose(draft_features(batches, depths, model.form) @ np.asarray(model.coef), y, atol=1e-9)
     with pytest.raises(ValueError, match="too few profiled points"):
         fit(lambda form: draft_features([1], [1], form), np.array([0.003]))
+
+
+def test_inside_the_profiled_grid_the_measurements_answer(target):
+    """Multilinear interpolation of the profiled points (exact for a multilinear law), context extrapolated;
+    outside the grid's batch sizes and node counts, and for an incomplete grid, the regression answers."""
+    from specdec.latency import interpolate
+
+    def law(b, n, c):
+        return 0.01 + 0.002 * b + 0.003 * n + 1e-5 * c + 0.001 * b * n
+
+    points = [{"batch": b, "nodes": n, "context": c, "seconds": law(b, n, c)}
+              for b in (1, 4) for n in (0, 2) for c in (100, 300)]
+    axes = ("batch", "nodes", "context")
+    for b, n, c in ((1, 0, 100), (2, 1, 200), (3, 2, 150), (4, 1, 500), (2, 0, 20)):
+        got = interpolate(points, axes, {"batch": b, "nodes": n, "context": c}, extrapolate=("context",))
+        assert got == pytest.approx(law(b, n, c), rel=1e-12)
+    assert interpolate(points, axes, {"batch": 8, "nodes": 1, "context": 200}, extrapolate=("context",)) is None
+    assert interpolate(points, axes, {"batch": 2, "nodes": 1, "context": 500}) is None  # no extrapolation asked
+    assert interpolate(points[:-1], axes, {"batch": 2, "nodes": 1, "context": 200}) is None  # not a full grid
+    model = LatencyModel(latency_key(target), Regression("linear", [0.5] + [0.0] * 7, 1.0), {}, {"verify": points})
+    assert model.verify_seconds(2, 1, 200) == pytest.approx(law(2, 1, 200))
+    assert model.verify_seconds(8, 1, 200) == pytest.approx(0.5)  # outside: the regression
+    draft_points = [{"batch": b, "depth": k, "seconds": 0.001 * k * b} for b in (1, 4) for k in (1, 4)]
+    model.draft["D"] = Regression("linear", [0.7, 0.0, 0.0, 0.0], 1.0)
+    model.points["draft"] = {"D": draft_points}
+    assert model.draft_seconds("D", 2, 2) == pytest.approx(0.004)
+    assert model.draft_seconds("D", 2, 8) == pytest.approx(0.7)
+    assert model.draft_seconds("D", 2, 0) == 0.0
