@@ -20,7 +20,7 @@ import torch
 
 from .acceptance import Acceptance, accept
 from .config import DecodeConfig, resolve
-from .drafters.base import CommitUpdate, DraftRequest, Drafter
+from .drafters.base import CommitUpdate, Drafter, DraftRequest
 from .inputs import assemble, check_inputs, eos_ids, pad_id, truncate
 from .sampling import Randomness, seeded_randomness
 from .speculation import SpeculationPlan, StepContext, StepReport, as_policy
@@ -79,12 +79,13 @@ class Step:
     roots: torch.Tensor  # [B] the roots the tree hung below
     draft_seconds: float
     verify_seconds: float
+    accept_seconds: float = 0.0
 
     def take_rows(self, rows: list[int]) -> "Step":
         index = torch.tensor(rows, dtype=torch.long, device=self.roots.device)
         return Step(self.tree.take_rows(index), self.proposed, [self.depth[r] for r in rows],
                     self.acceptance.take_rows(rows), self.hidden[index], self.roots[index],
-                    self.draft_seconds, self.verify_seconds)
+                    self.draft_seconds, self.verify_seconds, self.accept_seconds)
 
     def update(self) -> CommitUpdate:
         """The drafter's view: tokens the target cached (old root, accepted nodes) and their states."""
@@ -169,8 +170,9 @@ class Decoding:
         t2 = time.perf_counter()
         # 3. accept
         acceptance = accept(tree, verification, self.sampling, self.rng, self.typical)
-        self.stats.other_seconds += time.perf_counter() - t2
-        return Step(tree, proposed, depth, acceptance, verification.hidden, cohort.roots, t1 - t0, t2 - t1)
+        t3 = time.perf_counter()
+        self.stats.other_seconds += t3 - t2
+        return Step(tree, proposed, depth, acceptance, verification.hidden, cohort.roots, t1 - t0, t2 - t1, t3 - t2)
 
     def _plan(self, cohort: Cohort) -> tuple[list[int], list[int | None] | None]:
         """Each row's depth (the policy's, within the row's budget and the drafter's reach) and node budget."""
@@ -219,13 +221,9 @@ class Decoding:
         stats.row_steps += cohort.size
         stats.drafted_tokens += sum(step.tree.valid_counts)
         stats.depth_chosen.append(list(step.depth))
-        stats.step_seconds.append(step.draft_seconds + step.verify_seconds)
         stats.predicted_seconds.append(self._predicted)
         stats.draft_seconds += step.draft_seconds
         stats.verify_seconds += step.verify_seconds
-        # 5. adapt
-        self.policy.observe(StepReport(list(cohort.ids), list(step.depth), list(step.tree.valid_counts),
-                                       [len(p) for p in paths], step.draft_seconds, step.verify_seconds))
         groups = regroup(self, cohort, still) if regroup is not None else ([still] if still else [])
         parts = []
         for rows in groups:
@@ -243,7 +241,13 @@ class Decoding:
             parts.append(part)
         stats.realignments += int(self.realigned)
         self.realigned = False
-        stats.other_seconds += time.perf_counter() - started
+        committed = time.perf_counter() - started
+        stats.other_seconds += committed
+        # 5. adapt: the policy sees the whole step, acceptance and the caches' commit (realignment) included
+        other = step.accept_seconds + committed
+        stats.step_seconds.append(step.draft_seconds + step.verify_seconds + other)
+        self.policy.observe(StepReport(list(cohort.ids), list(step.depth), list(step.tree.valid_counts),
+                                       [len(p) for p in paths], step.draft_seconds, step.verify_seconds, other))
         return parts
 
     @staticmethod

@@ -32,7 +32,6 @@ from pathlib import Path
 
 import numpy as np
 
-
 FEATURES_VERSION = 3  # in the profile key: files fitted on other features are refused
 
 

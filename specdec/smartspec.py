@@ -23,7 +23,8 @@ verification is one dense forward, so a shorter row saves nothing), except where
 cuts it.  The policy records its predicted step time; the engine records the measured one.
 
 The profile times the target and the drafter in isolation; a real step also pays the engine's
-own work and runs with caches the other model just evicted.  So predictions are corrected
+own work (acceptance, and the caches' commit: realigning rows that accepted different numbers of
+tokens) and runs with caches the other model just evicted.  So predictions are corrected
 online: per batch size and depth, a moving average of measured over predicted seconds
 (``time_decay``) multiplies the profile's prediction once that depth has been observed
 ``min_time_observations`` times at that batch size; until then a drafting depth takes the correction
@@ -198,7 +199,7 @@ class SmartSpec(SpeculationPolicy):
     def observe(self, report: StepReport) -> None:
         if self.history and "measured_seconds" not in self.history[-1]:
             last = self.history[-1]
-            last["measured_seconds"] = measured = report.draft_seconds + report.verify_seconds
+            last["measured_seconds"] = measured = report.draft_seconds + report.verify_seconds + report.other_seconds
             ratio = measured / max(last["profiled_seconds"], 1e-9)
             key, keep = (last["batch"], last["depth"]), self.time_decay
             seen = self.time_count.get(key, 0)

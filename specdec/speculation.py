@@ -62,6 +62,7 @@ class StepReport:
     accepted: list[int]  # draft tokens accepted (the correction or bonus token not counted)
     draft_seconds: float
     verify_seconds: float
+    other_seconds: float = 0.0  # acceptance and the commit (cache realignment, regrouping)
 
 
 class SpeculationPolicy(abc.ABC):

@@ -23,7 +23,7 @@ class DecodeStats:
     regroup_seconds: float = 0.0  # part of other_seconds: copying rows between groups (generate_pool)
     row_tokens: list = field(default_factory=list)  # tokens generated per batch row
     depth_chosen: list = field(default_factory=list)  # per step, the draft depth allowed to each row
-    step_seconds: list = field(default_factory=list)  # per step, draft + verify seconds measured
+    step_seconds: list = field(default_factory=list)  # per step, the whole step measured (draft, verify, accept, commit)
     predicted_seconds: list = field(default_factory=list)  # per step, the policy's prediction (None: none made)
 
     @property

@@ -36,8 +36,9 @@ def _recorded_runs(monkeypatch, target, make_drafter, ids, mask, lean: bool) -> 
     return outputs
 
 
-@pytest.mark.parametrize("kind", ["chain", "tree"])
-def test_lean_forward_equals_hugging_face(monkeypatch, kind):
+@pytest.mark.parametrize("kind,sdpa_gqa", [("chain", True), ("tree", True), ("chain", False)])
+def test_lean_forward_equals_hugging_face(monkeypatch, kind, sdpa_gqa):
+    monkeypatch.setattr(lean_llama, "_SDPA_GQA", sdpa_gqa)  # False: grouped heads repeated (torch < 2.5)
     target = tiny_llama(VOCAB, seed=0, eos_token_id=None, pad_token_id=0)
     draft = tiny_llama(VOCAB, seed=3, num_layers=2, hidden=32, heads=4, kv_heads=2)
     assert lean_llama.supports(draft)

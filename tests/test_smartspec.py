@@ -4,15 +4,15 @@ import itertools
 import numpy as np
 import pytest
 import torch
-
-import specdec
 from conftest import tiny_llama
 from exact_randomness import enumerate_law
 from scripted import noisy_copy
+from test_sampling_lossless import PROMPT, exact_law, generated, models
+
+import specdec
 from specdec import drafters
 from specdec.latency import LatencyModel, Regression, latency_key
 from specdec.tree import DraftTree
-from test_sampling_lossless import PROMPT, exact_law, generated, models
 
 VOCAB = 64
 
@@ -75,6 +75,8 @@ def test_it_settles_on_the_scripted_acceptance_and_stays_exact(target):
     chosen = [d[0] for d in out.stats.depth_chosen]
     assert chosen[-6:-1] == [3] * 5, chosen  # the last step is cut by the budget
     assert all(p is not None for p in out.stats.predicted_seconds) and len(out.stats.step_seconds) == out.stats.steps
+    # the policy saw each whole step (draft, verify, acceptance and commit), as the stats record it
+    assert [h["measured_seconds"] for h in policy.history] == pytest.approx(out.stats.step_seconds)
 
 
 def test_it_stops_drafting_and_comes_back_when_acceptance_returns(target):

@@ -19,6 +19,9 @@ from torch.nn import functional as F
 
 from ..head import linear
 
+# scaled_dot_product_attention broadcasts grouped key/value heads itself from torch 2.5 on
+_SDPA_GQA = tuple(int(x) for x in torch.__version__.split("+")[0].split(".")[:2]) >= (2, 5)
+
 
 def supports(model: nn.Module) -> bool:
     """Whether ``model`` is a plain Llama (no biases, SiLU, one tensor-parallel slice) LeanLlama can run."""
@@ -84,8 +87,7 @@ class LeanLlama:
             q = _rotate(q.view(b, t, self.heads, self.head_dim).transpose(1, 2), cos, sin)
             k = _rotate(k.view(b, t, self.kv_heads, self.head_dim).transpose(1, 2), cos, sin)
             keys, values = layer.update(k, v.view(b, t, self.kv_heads, self.head_dim).transpose(1, 2))
-            attended = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask,
-                                                      enable_gqa=self.kv_heads != self.heads)
+            attended = _attention(q, keys, values, mask, self.heads // self.kv_heads)
             hidden = hidden + linear(attended.transpose(1, 2).reshape(b, t, q_size), weights["o"])
             x = self._norm(hidden, weights["norm_post"])
             gate, up = linear(x, weights["gate_up"]).chunk(2, dim=-1)
@@ -106,6 +108,15 @@ class LeanLlama:
         itself = torch.zeros_like(causal)
         itself[:, past:] = torch.eye(t, dtype=torch.bool, device=like.device)
         return (causal[None, None] & attention_mask.bool()[:, None, None, :]) | itself
+
+
+def _attention(q, keys, values, mask, groups: int) -> torch.Tensor:
+    if groups == 1:
+        return F.scaled_dot_product_attention(q, keys, values, attn_mask=mask)
+    if _SDPA_GQA:
+        return F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, enable_gqa=True)
+    return F.scaled_dot_product_attention(q, keys.repeat_interleave(groups, dim=1),
+                                          values.repeat_interleave(groups, dim=1), attn_mask=mask)
 
 
 def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
