@@ -25,9 +25,13 @@ count, and loading refuses a file made for anything else.
 """
 from __future__ import annotations
 
+import bisect
+import itertools
 import json
+import math
 import os
 from dataclasses import asdict, dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -101,41 +105,51 @@ def fit(features, y: np.ndarray, seed: int = 0, holdout: float = 0.25) -> Regres
     return best
 
 
+class Grid:
+    """Profiled seconds on a full grid over ``axes``, for multilinear interpolation (built once, queried per step)."""
+
+    def __init__(self, points: list[dict], axes: tuple[str, ...]):
+        self.axes = axes
+        values = {tuple(float(p[a]) for a in axes): float(p["seconds"]) for p in points}
+        self.levels = [sorted({key[i] for key in values}) for i in range(len(axes))]
+        self.complete = bool(values) and len(values) == math.prod(len(g) for g in self.levels)
+        self.values = values
+
+    def at(self, query: dict, extrapolate: tuple[str, ...] = ()) -> float | None:
+        """Seconds at ``query``, or None (incomplete grid; outside it along an axis not in ``extrapolate``)."""
+        if not self.complete:
+            return None
+        brackets = []  # per axis: [(grid value, weight), ...]
+        for axis, levels in zip(self.axes, self.levels):
+            x = float(query[axis])
+            if len(levels) == 1:
+                if x != levels[0] and axis not in extrapolate:
+                    return None
+                brackets.append(((levels[0], 1.0),))
+                continue
+            if not levels[0] <= x <= levels[-1] and axis not in extrapolate:
+                return None
+            hi = min(max(bisect.bisect_left(levels, x), 1), len(levels) - 1)
+            lo_value, hi_value = levels[hi - 1], levels[hi]
+            t = (x - lo_value) / (hi_value - lo_value)
+            brackets.append(((lo_value, 1.0 - t), (hi_value, t)))
+        total = 0.0
+        for corner in itertools.product(*brackets):
+            weight = 1.0
+            for _, w in corner:
+                weight *= w
+            if weight:
+                total += weight * self.values[tuple(value for value, _ in corner)]
+        return max(total, 0.0)
+
+
 def interpolate(points: list[dict], axes: tuple[str, ...], query: dict, extrapolate: tuple[str, ...] = ()) -> float | None:
     """``seconds`` at ``query`` by multilinear interpolation over ``points`` (a full grid on ``axes``).
 
     None when the points do not form a full grid, or the query lies outside the grid along an axis
     not in ``extrapolate`` (those extend linearly from their two nearest grid values, floored at 0).
     """
-    if not points:
-        return None
-    values = {tuple(float(p[a]) for a in axes): float(p["seconds"]) for p in points}
-    grid = [sorted({key[i] for key in values}) for i in range(len(axes))]
-    if len(values) != int(np.prod([len(g) for g in grid])):
-        return None
-    brackets = []  # per axis: [(grid value, weight), ...]
-    for axis, levels in zip(axes, grid):
-        x = float(query[axis])
-        if len(levels) == 1:
-            if x != levels[0] and axis not in extrapolate:
-                return None
-            brackets.append([(levels[0], 1.0)])
-            continue
-        if not levels[0] <= x <= levels[-1] and axis not in extrapolate:
-            return None
-        hi = int(np.clip(np.searchsorted(levels, x), 1, len(levels) - 1))
-        lo_value, hi_value = levels[hi - 1], levels[hi]
-        t = (x - lo_value) / (hi_value - lo_value)
-        brackets.append([(lo_value, 1.0 - t), (hi_value, t)])
-    total = 0.0
-    for corner in np.ndindex(*[len(b) for b in brackets]):
-        weight, key = 1.0, []
-        for axis_brackets, i in zip(brackets, corner):
-            value, w = axis_brackets[i]
-            weight *= w
-            key.append(value)
-        total += weight * values[tuple(key)]
-    return max(total, 0.0)
+    return Grid(points, axes).at(query, extrapolate)
 
 
 @dataclass
@@ -145,9 +159,23 @@ class LatencyModel:
     draft: dict[str, Regression] = field(default_factory=dict)  # drafter name -> its regression
     points: dict = field(default_factory=dict)  # the profiled measurements, for the record
 
+    @cached_property
+    def _verify_grid(self) -> Grid:
+        return Grid(self.points.get("verify", []), ("batch", "nodes", "context"))
+
+    @cached_property
+    def _draft_grids(self) -> dict[str, Grid]:
+        return {name: Grid(points, ("batch", "depth")) for name, points in self.points.get("draft", {}).items()}
+
+    def add_drafter(self, name: str, regression: Regression, points: list[dict] | None = None) -> None:
+        """A drafter's fitted cost (and its profiled points, which then answer inside their grid)."""
+        self.draft[name] = regression
+        if points is not None:
+            self.points.setdefault("draft", {})[name] = points
+        self.__dict__.pop("_draft_grids", None)  # rebuilt on next use
+
     def verify_seconds(self, batch: int, nodes: int, context: float) -> float:
-        measured = interpolate(self.points.get("verify", []), ("batch", "nodes", "context"),
-                               {"batch": batch, "nodes": nodes, "context": context}, extrapolate=("context",))
+        measured = self._verify_grid.at({"batch": batch, "nodes": nodes, "context": context}, extrapolate=("context",))
         if measured is not None:
             return max(measured, 1e-6)
         x = verify_features([batch], [nodes], [context], self.verify.form)
@@ -156,8 +184,8 @@ class LatencyModel:
     def draft_seconds(self, drafter: str, batch: int, depth: int) -> float:
         if depth <= 0 or drafter not in self.draft:
             return 0.0
-        measured = interpolate(self.points.get("draft", {}).get(drafter, []), ("batch", "depth"),
-                               {"batch": batch, "depth": depth})
+        grid = self._draft_grids.get(drafter)
+        measured = None if grid is None else grid.at({"batch": batch, "depth": depth})
         if measured is not None:
             return measured
         model = self.draft[drafter]

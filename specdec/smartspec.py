@@ -122,7 +122,9 @@ class SmartSpec(SpeculationPolicy):
             from .profiling import profile
 
             log.warning("SmartSpec: the latency profile lacks %s's draft cost; profiling it now", self.drafter_name)
-            loaded.draft.update(profile(model, {self.drafter_name: drafter}, quick=True).draft)
+            extra = profile(model, {self.drafter_name: drafter}, quick=True)
+            loaded.add_drafter(self.drafter_name, extra.draft[self.drafter_name],
+                               extra.points.get("draft", {}).get(self.drafter_name))
         return loaded
 
     def _prior(self, position: int) -> float:

@@ -220,8 +220,9 @@ def test_inside_the_profiled_grid_the_measurements_answer(target):
     assert model.verify_seconds(2, 1, 200) == pytest.approx(law(2, 1, 200))
     assert model.verify_seconds(8, 1, 200) == pytest.approx(0.5)  # outside: the regression
     draft_points = [{"batch": b, "depth": k, "seconds": 0.001 * k * b} for b in (1, 4) for k in (1, 4)]
-    model.draft["D"] = Regression("linear", [0.7, 0.0, 0.0, 0.0], 1.0)
-    model.points["draft"] = {"D": draft_points}
+    model.add_drafter("D", Regression("linear", [0.7, 0.0, 0.0, 0.0], 1.0))
+    assert model.draft_seconds("D", 2, 2) == pytest.approx(0.7)  # no points: the regression
+    model.add_drafter("D", model.draft["D"], draft_points)
     assert model.draft_seconds("D", 2, 2) == pytest.approx(0.004)
     assert model.draft_seconds("D", 2, 8) == pytest.approx(0.7)
     assert model.draft_seconds("D", 2, 0) == 0.0
