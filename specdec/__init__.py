@@ -11,7 +11,13 @@ from .loading import load_model
 from .pool import PoolOutput, generate_pool
 from .sampling import SamplingConfig
 from .smartspec import SmartSpec
-from .speculation import FixedLength, SpeculationPlan, SpeculationPolicy, StepContext, StepReport
+from .speculation import (
+    FixedLength,
+    SpeculationPlan,
+    SpeculationPolicy,
+    StepContext,
+    StepReport,
+)
 from .stats import DecodeStats
 from .target import Target
 from .tree import DraftTree

@@ -27,7 +27,6 @@ from torch import nn
 
 from .head import linear
 
-
 MAX_ROWS = 8  # rows (tokens over the batch) up to which a layer multiplies as W @ x.T
 
 

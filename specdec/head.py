@@ -31,7 +31,8 @@ def few_rows_product(weight: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor
 def use_few_rows(hidden: torch.Tensor, most: int = FEW_ROWS) -> bool:
     """Whether ``hidden`` [..., H] is at most ``most`` CPU rows, outside autograd, for :func:`few_rows_product`."""
     rows = hidden.numel() // hidden.shape[-1] if hidden.shape[-1] else 0
-    return hidden.device.type == "cpu" and 0 < rows <= most and not torch.is_grad_enabled()
+    return (hidden.device.type == "cpu" and hidden.dtype == torch.float32 and 0 < rows <= most
+            and not torch.is_grad_enabled())
 
 
 def linear(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,

@@ -21,7 +21,6 @@ from __future__ import annotations
 import time
 from collections import defaultdict
 
-
 from .engine import Cohort, Decoding
 from .inputs import left_padded
 

@@ -6,7 +6,9 @@ maximises
     goodput(K) = sum over rows of E_r[tokens | K]  /  (T_verify(B, nodes(K), C) + T_draft(B, K))
 
 where E_r[tokens | K] = 1 + sum_{i<=K} prod_{j<=i} a_j with a_j the acceptance rate at draft
-position j (of the steps that reached position j, the share that accepted it): per row an
+position j (of the steps allowed to draft position j whose path reached it, the share where the
+drafter proposed it and the target accepted it; a drafter that proposes nothing, such as prompt
+lookup without a match, misses, so the estimate is of a step *allowed* depth K): per row an
 exponential moving average, backed by the batch-wide estimate until the row has seen
 ``min_row_observations`` drafts at that position, and started from the drafter's card (its
 measured acceptance by position) or ``prior``.  T comes from a :class:`~specdec.latency.LatencyModel`
@@ -15,7 +17,8 @@ path), else from the default file (``python -m specdec.profile`` writes it), els
 first use with a short grid (it says so).  K = 0, plain decoding, wins unless drafting's goodput
 beats it by ``margin`` (1.0: no margin; the authors' code uses 1.1).  While K = 0 no acceptance
 is observed, so after ``probe_every`` such steps one step drafts a single token to look again:
-acceptance that rises in the middle of a sequence brings drafting back.
+acceptance that rises in the middle of a sequence brings drafting back.  Probes that change
+nothing double the interval, up to ``4 * probe_every``; choosing to draft resets it.
 
 Tree drafters: the node budget grows with depth in proportion to the drafter's own
 (``nodes(K) = ceil(num_nodes * K / num_tokens)``).  Every row of a batch drafts the same K (the
@@ -64,7 +67,7 @@ class SmartSpec(SpeculationPolicy):
         self.profile_on_first_use = profile_on_first_use
         if isinstance(probe_every, bool) or not isinstance(probe_every, int) or probe_every < 1:
             raise ValueError(f"probe_every must be an int >= 1, got {probe_every!r}")
-        self.probe_every, self._idle = probe_every, 0
+        self.probe_every, self._idle, self._probe_interval = probe_every, 0, probe_every
         if not 0.0 <= time_decay < 1.0:
             raise ValueError(f"time_decay must be in [0, 1), got {time_decay!r}")
         self.time_decay, self.min_time = float(time_decay), int(min_time_observations)
@@ -189,8 +192,13 @@ class SmartSpec(SpeculationPolicy):
             if best is None or goodput > best:
                 best_depth, best, predicted = depth, goodput, seconds
         self._idle = self._idle + 1 if best_depth == 0 else 0
-        if self._idle >= self.probe_every and self.depth_limit >= 1:  # look at the acceptance again
+        if best_depth > 0:
+            self._probe_interval = self.probe_every
+        if self._idle >= self._probe_interval and self.depth_limit >= 1:  # look at the acceptance again
             best_depth, predicted, self._idle = 1, self.step_seconds(b, 1, mean_context), 0
+            # probes that change nothing come ever more rarely (up to 4x): at batch 8 a probe step costs
+            # half a step more, which was 3% of throughput at one probe every 16 steps
+            self._probe_interval = min(2 * self._probe_interval, 4 * self.probe_every)
         nodes = None
         if self.default_nodes is not None:
             nodes = [self.nodes(min(best_depth, left - 1)) for left in context.remaining]
@@ -208,12 +216,13 @@ class SmartSpec(SpeculationPolicy):
             self.time_ratio[key] = ratio if seen == 0 else keep * self.time_ratio[key] + (1 - keep) * ratio
             self.time_count[key] = seen + 1
         keep = self.decay
-        for sequence, depth, proposed, accepted in zip(report.sequences, report.depth, report.proposed,
+        for sequence, depth, _proposed, accepted in zip(report.sequences, report.depth, report.proposed,
                                                        report.accepted):
             own = self.row_rates.setdefault(sequence, list(self.batch_rates))
             counts = self.row_counts.setdefault(sequence, [0] * len(self.batch_rates))
-            reach = min(depth, proposed)  # positions actually drafted (a chain may come up short)
-            for position in range(min(reach, accepted + 1, len(self.batch_rates))):
+            # every position the row was allowed and reached counts, drafted or not: a drafter that came up
+            # short (prompt lookup without a match) missed there, so the rates give E[tokens | depth k]
+            for position in range(min(depth, accepted + 1, len(self.batch_rates))):
                 hit = 1.0 if position < accepted else 0.0  # reached position+1; accepted it or not
                 own[position] = keep * own[position] + (1 - keep) * hit
                 counts[position] += 1

@@ -5,15 +5,15 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
-
-import specdec
 from conftest import tiny_llama
 from exact_randomness import enumerate_law
-from specdec import drafters
 from specdec.heads.chimera import ChimeraConfig, ChimeraDraft
 from specdec.heads.chimera_flax import ChimeraFlax, from_tensors, to_tensors
 from test_batch import PAD, expected_batch, prompts, target  # noqa: F401  (fixture)
 from test_sampling_lossless import PROMPT, exact_law, generated, models
+
+import specdec
+from specdec import drafters
 
 
 def random_draft(model, vocab_ids, seed=0, scale=0.3, dtype=torch.float64, state_input=False) -> ChimeraDraft:
@@ -144,18 +144,27 @@ def test_loading_checks_the_target(tmp_path, target):
         drafters.Chimera.from_pretrained(folder, tiny_llama(80))
     with pytest.raises(FileNotFoundError, match="lacks"):
         drafters.Chimera.from_pretrained(tmp_path, target)
+    # a draft in its own precision (float16 here, the target float64) proposes; the output stays the target's
+    half = drafters.Chimera.from_pretrained(folder, target, dtype="float16")
+    assert half.draft.head.weight.dtype == torch.float16
+    ids = torch.randint(3, 64, (2, 7), generator=torch.Generator().manual_seed(4))
+    ref = target.generate(ids, max_new_tokens=12, do_sample=False, pad_token_id=0)
+    out = specdec.generate(target, ids, half, attention_mask=torch.ones_like(ids), max_new_tokens=12, eos_token_id=[])
+    assert torch.equal(out.sequences, ref)
+    with pytest.raises(ValueError, match="unknown floating-point dtype"):
+        drafters.Chimera.from_pretrained(folder, target, dtype="int8")
 
 
 def test_training_on_teacher_shards_lowers_the_loss_and_decodes_exactly(tmp_path):
     """Teacher shards of a tiny target: Chimera's held-out loss falls, top-1 rises, and decoding stays exact."""
-    from transformers import AutoTokenizer
-
-    from specdec.loading import cached_model_dir
     from specdec.train.chimera import export, init_params, make_evaluate, make_loss
     from specdec.train.loop import TrainConfig, train
     from specdec.train.packing import BASE_KEYS, PackedTeacher, draft_index, load_arrays
     from specdec.train.teacher import build_teacher
     from test_teacher_data import fake_answers, fake_corpus
+    from transformers import AutoTokenizer
+
+    from specdec.loading import cached_model_dir
 
     tokenizer = AutoTokenizer.from_pretrained(cached_model_dir("smollm2-135m-instruct"))
     model = tiny_llama(vocab_size=len(tokenizer), dtype=torch.float32, max_pos=512, hidden=32)

@@ -93,6 +93,34 @@ def test_it_stops_drafting_and_comes_back_when_acceptance_returns(target):
     assert max(chosen[-8:]) >= 5  # drafting again once the drafts are right
 
 
+class NeverProposes(drafters.Drafter):
+    """Prompt lookup on text without repeats: allowed any depth, it proposes nothing."""
+
+    stateless = True
+    num_tokens = 4
+
+    def propose(self, request):
+        return DraftTree.empty(request.batch_size, request.roots.device)
+
+
+NeverProposes.__name__ = "ScriptedDrafter"
+
+
+def test_a_drafter_that_proposes_nothing_counts_as_missing(target):
+    """Rates are per step allowed a depth: proposing nothing is a miss, so SmartSpec settles on plain decoding."""
+    ids, ref = reference(target, 60)
+    policy = specdec.SmartSpec(max_depth=4, latency=synthetic_latency(target), prior=0.9, decay=0.5,
+                               correct_times=False, probe_every=4)
+    out = specdec.generate(target, ids, NeverProposes(), max_new_tokens=60, eos_token_id=[], speculation=policy)
+    assert torch.equal(out.sequences, ref)
+    chosen = [d[0] for d in out.stats.depth_chosen]
+    assert chosen[0] >= 1 and chosen[-20:].count(0) >= 18, chosen  # the prior says draft; what happens says don't
+    assert policy.batch_rates[0] < 0.1
+    probes = [i for i, d in enumerate(chosen) if d and i > 3]
+    gaps = [b - a for a, b in zip(probes, probes[1:])]
+    assert gaps == [8, 16, 16], probes  # fruitless probes back off to 4 x probe_every
+
+
 def test_measured_step_times_correct_the_profile(target):
     """The profile says drafting 2 deep pays; steps that draft really take 3x as long: SmartSpec learns it and stops."""
     policy = specdec.SmartSpec(max_depth=4, latency=synthetic_latency(target), time_decay=0.5, min_time_observations=2,

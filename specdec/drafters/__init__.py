@@ -1,7 +1,7 @@
 """Drafters: every way of proposing tokens, behind one protocol (:class:`Drafter`)."""
-from .base import CommitUpdate, DraftRequest, Drafter
-from .draft_cache import DraftCache
+from .base import CommitUpdate, Drafter, DraftRequest
 from .chimera import Chimera
+from .draft_cache import DraftCache
 from .draft_model import DraftModel, load_draft_model
 from .medusa import Medusa
 from .prompt_lookup import NgramIndex, PromptLookup, lookup_continuation

@@ -135,3 +135,14 @@ def check_same_vocabulary(draft_model: torch.nn.Module, target_model: torch.nn.M
             f"draft and target vocabularies differ: the draft model predicts {draft_v} tokens, "
             f"the target {target_v}; a draft model must share the target's tokenizer and vocabulary"
         )
+
+
+def as_dtype(value) -> "torch.dtype | None":
+    """A torch dtype from a dtype, its name (``"float16"``, ``"torch.float16"``) or None (None)."""
+    if value is None or isinstance(value, torch.dtype):
+        return value
+    name = str(value).removeprefix("torch.")
+    dtype = getattr(torch, name, None)
+    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+        raise ValueError(f"unknown floating-point dtype {value!r} (e.g. 'float32', 'float16', 'bfloat16')")
+    return dtype

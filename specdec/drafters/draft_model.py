@@ -7,7 +7,7 @@ import torch
 
 from ..sampling import choose
 from ..tree import DraftTree
-from .base import CommitUpdate, DraftRequest, Drafter, check_same_vocabulary
+from .base import CommitUpdate, Drafter, DraftRequest, check_same_vocabulary
 from .draft_cache import DraftCache
 from .draft_loading import load_draft_model  # noqa: F401  (public here too)
 from .self_draft import truncated_model

@@ -20,7 +20,7 @@ import torch
 
 from ..medusa_tree import build_sparse_tree
 from ..tree import DraftTree
-from .base import CommitUpdate, DraftRequest, Drafter, output_vocab_size
+from .base import CommitUpdate, Drafter, DraftRequest, output_vocab_size
 from .vocab import SubsetHead
 
 

@@ -12,7 +12,7 @@ import copy
 import torch
 
 from ..tree import DraftTree
-from .base import CommitUpdate, DraftRequest, Drafter
+from .base import CommitUpdate, Drafter, DraftRequest
 
 
 def lookup_continuation(context: list[int], num_tokens: int, max_ngram: int, min_ngram: int = 1) -> list[int]:

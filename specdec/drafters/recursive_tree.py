@@ -26,7 +26,7 @@ import torch
 
 from ..sampling import processed_probs
 from ..tree import DraftTree
-from .base import CommitUpdate, DraftRequest, Drafter, check_same_vocabulary
+from .base import CommitUpdate, Drafter, DraftRequest, check_same_vocabulary
 from .draft_cache import DraftCache
 
 METHODS = ("gumbel_topk", "stochastic_beam")
