@@ -5,9 +5,9 @@ For every drafter (``drafters``; those whose artifact is missing are skipped) an
 with SmartSpec and with each fixed depth in ``depths`` (0 is plain decoding), interleaved: each cell
 runs ``repeats`` rounds of all its policies, each round in another rotated order.  Throughput is
 generated tokens per second over the cell's prompts, the median of the rounds (run-to-run noise on
-a small CPU is larger than the few percent between neighbouring depths).  The report gives, per cell, every policy's throughput, the best fixed depth, and
-SmartSpec's ratio to it and to plain decoding; averaged over the cells, SmartSpec against every
-single fixed depth.  Writes ``sweep.json``, ``sweep.md`` and ``sweep.png`` (SmartSpec's chosen depth
+a small CPU is larger than the few percent between neighbouring depths).  The report gives, per
+cell, every policy's throughput, the best fixed depth, and SmartSpec's ratio to it and to plain
+decoding; averaged over the cells, SmartSpec against every single fixed depth.  Writes ``sweep.json``, ``sweep.md`` and ``sweep.png`` (SmartSpec's chosen depth
 over a run, and its predicted against measured step time).
 """
 from __future__ import annotations

@@ -13,7 +13,7 @@ Two regressions (SmartSpec, Liu et al. 2024; the features of its authors' vLLM f
 :func:`fit` keeps, for each, the form with the better R^2 on held-out points.  Where a query lies
 inside the profiled grid (batch sizes and node counts or depths between the profiled ones), the
 model answers from the measurements themselves instead, by multilinear interpolation
-(:func:`interpolate`; context is interpolated, or extrapolated along the two nearest contexts):
+(:class:`Grid`; context is interpolated, or extrapolated along the two nearest contexts):
 the regression's form cannot follow every kernel change of a CPU, and a policy choosing between
 depths 0, 1 and 2 weighs differences of a few percent (the fit predicted 30 and 37 ms for one and
 two verified tokens at batch 1 where 32 and 33 were measured).  Outside the grid the regression
@@ -141,15 +141,6 @@ class Grid:
             if weight:
                 total += weight * self.values[tuple(value for value, _ in corner)]
         return max(total, 0.0)
-
-
-def interpolate(points: list[dict], axes: tuple[str, ...], query: dict, extrapolate: tuple[str, ...] = ()) -> float | None:
-    """``seconds`` at ``query`` by multilinear interpolation over ``points`` (a full grid on ``axes``).
-
-    None when the points do not form a full grid, or the query lies outside the grid along an axis
-    not in ``extrapolate`` (those extend linearly from their two nearest grid values, floored at 0).
-    """
-    return Grid(points, axes).at(query, extrapolate)
 
 
 @dataclass

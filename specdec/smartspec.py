@@ -184,10 +184,11 @@ class SmartSpec(SpeculationPolicy):
         b = context.batch_size
         mean_context = sum(context.lengths) / b
         rates = [self.rates(s) for s in context.sequences]
+        profiled = [self.profiled_seconds(b, depth, mean_context) for depth in range(self.depth_limit + 1)]
         best_depth, best, predicted = 0, None, None
-        for depth in range(0, self.depth_limit + 1):
+        for depth, raw in enumerate(profiled):
             tokens = sum(self.expected_tokens(r, min(depth, left - 1)) for r, left in zip(rates, context.remaining))
-            seconds = self.step_seconds(b, depth, mean_context)
+            seconds = raw * self.time_correction(b, depth)
             goodput = tokens / seconds * (self.margin if depth == 0 else 1.0)
             if best is None or goodput > best:
                 best_depth, best, predicted = depth, goodput, seconds
@@ -195,7 +196,7 @@ class SmartSpec(SpeculationPolicy):
         if best_depth > 0:
             self._probe_interval = self.probe_every
         if self._idle >= self._probe_interval and self.depth_limit >= 1:  # look at the acceptance again
-            best_depth, predicted, self._idle = 1, self.step_seconds(b, 1, mean_context), 0
+            best_depth, predicted, self._idle = 1, profiled[1] * self.time_correction(b, 1), 0
             # probes that change nothing come ever more rarely (up to 4x): at batch 8 a probe step costs
             # half a step more, which was 3% of throughput at one probe every 16 steps
             self._probe_interval = min(2 * self._probe_interval, 4 * self.probe_every)
@@ -203,7 +204,7 @@ class SmartSpec(SpeculationPolicy):
         if self.default_nodes is not None:
             nodes = [self.nodes(min(best_depth, left - 1)) for left in context.remaining]
         self.history.append({"depth": best_depth, "predicted_seconds": predicted, "batch": b,
-                             "profiled_seconds": self.profiled_seconds(b, best_depth, mean_context)})
+                             "profiled_seconds": profiled[best_depth]})
         return SpeculationPlan([best_depth] * b, nodes, predicted)
 
     def observe(self, report: StepReport) -> None:

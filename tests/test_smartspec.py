@@ -230,7 +230,7 @@ def test_fit_with_fewer_points_than_features_reproduces_them():
 def test_inside_the_profiled_grid_the_measurements_answer(target):
     """Multilinear interpolation of the profiled points (exact for a multilinear law), context extrapolated;
     outside the grid's batch sizes and node counts, and for an incomplete grid, the regression answers."""
-    from specdec.latency import interpolate
+    from specdec.latency import Grid
 
     def law(b, n, c):
         return 0.01 + 0.002 * b + 0.003 * n + 1e-5 * c + 0.001 * b * n
@@ -239,11 +239,11 @@ def test_inside_the_profiled_grid_the_measurements_answer(target):
               for b in (1, 4) for n in (0, 2) for c in (100, 300)]
     axes = ("batch", "nodes", "context")
     for b, n, c in ((1, 0, 100), (2, 1, 200), (3, 2, 150), (4, 1, 500), (2, 0, 20)):
-        got = interpolate(points, axes, {"batch": b, "nodes": n, "context": c}, extrapolate=("context",))
+        got = Grid(points, axes).at({"batch": b, "nodes": n, "context": c}, extrapolate=("context",))
         assert got == pytest.approx(law(b, n, c), rel=1e-12)
-    assert interpolate(points, axes, {"batch": 8, "nodes": 1, "context": 200}, extrapolate=("context",)) is None
-    assert interpolate(points, axes, {"batch": 2, "nodes": 1, "context": 500}) is None  # no extrapolation asked
-    assert interpolate(points[:-1], axes, {"batch": 2, "nodes": 1, "context": 200}) is None  # not a full grid
+    assert Grid(points, axes).at({"batch": 8, "nodes": 1, "context": 200}, extrapolate=("context",)) is None
+    assert Grid(points, axes).at({"batch": 2, "nodes": 1, "context": 500}) is None  # no extrapolation asked
+    assert Grid(points[:-1], axes).at({"batch": 2, "nodes": 1, "context": 200}) is None  # not a full grid
     model = LatencyModel(latency_key(target), Regression("linear", [0.5] + [0.0] * 7, 1.0), {}, {"verify": points})
     assert model.verify_seconds(2, 1, 200) == pytest.approx(law(2, 1, 200))
     assert model.verify_seconds(8, 1, 200) == pytest.approx(0.5)  # outside: the regression
