@@ -68,3 +68,14 @@ def test_only_plain_llamas_run_lean():
     assert not lean_llama.supports(tiny_llama(VOCAB, hidden_act="gelu"))
     with pytest.raises(ValueError, match="plain Llama"):
         lean_llama.LeanLlama(tiny_llama(VOCAB, mlp_bias=True))
+
+
+def test_fused_weights_are_built_once_and_follow_weight_changes():
+    draft = tiny_llama(VOCAB, seed=3)
+    first = lean_llama.LeanLlama.for_model(draft)
+    assert lean_llama.LeanLlama.for_model(draft) is first  # not rebuilt for every decode
+    with torch.no_grad():
+        draft.model.layers[0].self_attn.q_proj.weight.mul_(2.0)
+    again = lean_llama.LeanLlama.for_model(draft)
+    assert again is not first
+    assert torch.equal(again.layers[0]["qkv"][:32], draft.model.layers[0].self_attn.q_proj.weight)

@@ -29,7 +29,7 @@ from .lean_llama import LeanLlama, supports
 class DraftCache:
     def __init__(self, kv_config, pending: list[list], device, dtype: torch.dtype, model: torch.nn.Module | None = None):
         self.model = model
-        self.lean = LeanLlama(model) if model is not None and supports(model) else None
+        self.lean = LeanLlama.for_model(model) if model is not None and supports(model) else None
         self.dtype = dtype
         self.kv = RaggedCache(kv_config, len(pending), device)
         self.pending = pending  # per row: committed items not in the cache yet, in order

@@ -32,7 +32,17 @@ def supports(model: nn.Module) -> bool:
 
 
 class LeanLlama:
-    """``model.get_decoder()``'s last hidden states, computed from its weights (fused, read at call time)."""
+    """``model.get_decoder()``'s last hidden states, computed from its weights (fused once, at construction)."""
+
+    @classmethod
+    def for_model(cls, model: nn.Module) -> "LeanLlama":
+        """The LeanLlama of ``model``, built once and rebuilt only when its weights change (not per decode)."""
+        weights = tuple((p.data_ptr(), p._version) for p in model.parameters())
+        built = model.__dict__.get("_specdec_lean")  # kept on the model: it lives and dies with it
+        if built is None or built[0] != weights:
+            built = (weights, cls(model))
+            model.__dict__["_specdec_lean"] = built
+        return built[1]
 
     def __init__(self, model: nn.Module):
         if not supports(model):
