@@ -20,7 +20,8 @@ def check_inputs(model, input_ids, attention_mask, max_new_tokens: int, drafter,
         raise ValueError(f"input_ids is empty (shape {tuple(input_ids.shape)}); give at least one token per row")
     if input_ids.dtype not in (torch.long, torch.int):
         raise ValueError(f"input_ids must hold integer token ids, got dtype {input_ids.dtype}")
-    vocab = model.get_output_embeddings().weight.shape[0]
+    head = model.get_output_embeddings()  # a subset head (reduced-vocabulary draft) still speaks the full vocabulary
+    vocab = int(getattr(head, "out_features", None) or head.weight.shape[0])
     if int(input_ids.min()) < 0 or int(input_ids.max()) >= vocab:
         raise ValueError(f"input_ids holds token ids outside the model's vocabulary [0, {vocab})")
     if attention_mask is None and input_ids.shape[0] > 1:

@@ -17,6 +17,7 @@ import json
 import logging
 import os
 import time
+import zlib
 from pathlib import Path
 
 import hydra
@@ -65,8 +66,13 @@ def eos_ids(model) -> list[int]:
 
 
 def answer(model, tokenizer, records: list[dict], out_path: str | os.PathLike, max_new_tokens: int = 192,
-           batch_size: int = 16, chunk_size: int = 64, sort_window: int = 256, progress: bool = True) -> dict:
-    """Answer every record of ``records`` not yet in ``out_path``, appending after every chunk; returns stats."""
+           batch_size: int = 16, chunk_size: int = 64, sort_window: int = 256, progress: bool = True, *,
+           temperature: float | None = None, seed: int = 0, eos: list[int] | None = None) -> dict:
+    """Answer every record of ``records`` not yet in ``out_path``, appending after every chunk; returns stats.
+
+    ``temperature=None`` decodes greedily; a temperature samples, each chunk seeded from ``seed`` and
+    its first record's id (a resumed run draws its new chunks as freshly as an uninterrupted one).
+    ``eos`` defaults to ``model``'s."""
     from tqdm.auto import tqdm
 
     out_path = Path(out_path)
@@ -74,7 +80,7 @@ def answer(model, tokenizer, records: list[dict], out_path: str | os.PathLike, m
     _drop_partial_line(out_path)
     done = load_answers(out_path)
     pending = [r for r in records if r["id"] not in done]
-    eos = eos_ids(model)
+    eos = eos_ids(model) if eos is None else list(eos)
     stats = {"prompts": len(records), "already_done": len(records) - len(pending), "answered": 0,
              "new_tokens": 0, "finished": 0, "seconds": 0.0}
     bar = tqdm(total=len(records), initial=stats["already_done"], unit="prompt", disable=not progress,
@@ -85,10 +91,13 @@ def answer(model, tokenizer, records: list[dict], out_path: str | os.PathLike, m
         window.sort(key=lambda rp: len(rp[1]))
         for c in range(0, len(window), chunk_size):
             chunk = window[c: c + chunk_size]
+            sampling = {} if temperature is None else {
+                "do_sample": True, "temperature": float(temperature),
+                "seed": (int(seed) * 1_000_003 + zlib.crc32(chunk[0][0]["id"].encode())) % 2**31}
             with torch.inference_mode():
                 out = specdec.generate_pool(model, [p for _, p in chunk], None, batch_size=batch_size,
                                             schedule="eqspec", max_new_tokens=max_new_tokens,
-                                            eos_token_id=eos)
+                                            eos_token_id=eos, **sampling)
             lines = []
             for (record, prompt), seq in zip(chunk, out.sequences):
                 ids = seq[len(prompt):].tolist()

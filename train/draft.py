@@ -36,7 +36,7 @@ from omegaconf import DictConfig, OmegaConf
 from specdec.heads.llama_flax import DraftConfig, LlamaDraft, config_from_hf, export_reduced
 
 from .loop import TrainConfig, train
-from .packing import PackedTeacher, load_arrays
+from .packing import PackedTeacher, load_arrays, mixed_batch
 from .vocabulary import setup, vocabulary_report
 
 log = logging.getLogger("specdec.train.draft")
@@ -98,6 +98,22 @@ def init_params(module: LlamaDraft, config: DraftConfig, embeddings: np.ndarray,
     return params
 
 
+def params_from_checkpoint(path, like: dict) -> dict:
+    """The parameters of a training checkpoint (:func:`specdec.train.loop.save_checkpoint`), shaped like ``like``."""
+    from flax import serialization
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"init_from: no checkpoint at {path}")
+    restored = serialization.msgpack_restore(path.read_bytes())["params"]
+    params = serialization.from_state_dict(like, restored)
+    for (name, a), b in zip(jax.tree_util.tree_flatten_with_path(params)[0], jax.tree_util.tree_leaves(like)):
+        if np.shape(a) != np.shape(b):
+            raise ValueError(f"init_from {path}: {jax.tree_util.keystr(name)} has shape {np.shape(a)}, "
+                             f"this draft needs {np.shape(b)}")
+    return params
+
+
 @hydra.main(version_base="1.3", config_path="pkg://specdec.configs", config_name="train/draft")
 def main(cfg: DictConfig) -> None:
     run = setup(cfg)
@@ -125,8 +141,25 @@ def main(cfg: DictConfig) -> None:
     loss_fn = make_loss(module, float(cfg.alpha))
     evaluate = make_evaluate(loss_fn, valid_data, tcfg.batch_size, int(cfg.eval_rows))
 
+    rollouts = None
+    if cfg.get("rollouts_dir"):  # the draft's own rollouts, teacher-forced: soft targets only (DistillSpec)
+        rollouts = PackedTeacher(load_arrays(cfg.rollouts_dir, "train"), to_draft, seed=int(cfg.optim.seed) + 7,
+                                 hard_labels=False, **rows)
+        log.info("rollouts: %d rows (%d answer positions), %.0f%% of every batch", len(rollouts),
+                 rollouts.answer_positions, 100 * float(cfg.rollouts_fraction))
+    n_rollout = 0 if rollouts is None else int(round(tcfg.batch_size * float(cfg.rollouts_fraction)))
+    if rollouts is not None and not 0 < n_rollout < tcfg.batch_size:
+        raise ValueError(f"rollouts_fraction {cfg.rollouts_fraction} of batch {tcfg.batch_size} leaves "
+                         f"{n_rollout} rollout rows: choose one that leaves both kinds")
+
     def batch_at(step: int) -> dict:
-        return train_data.batch(np.random.default_rng([tcfg.seed, step]).integers(0, len(train_data), tcfg.batch_size))
+        if rollouts is None:
+            return train_data.batch(np.random.default_rng([tcfg.seed, step]).integers(0, len(train_data),
+                                                                                      tcfg.batch_size))
+        return mixed_batch([(train_data, tcfg.batch_size - n_rollout), (rollouts, n_rollout)], tcfg.seed, step)
+
+    if cfg.get("init_from"):  # continue from another run's checkpoint (parameters only, a fresh schedule)
+        params = params_from_checkpoint(cfg.init_from, params)
 
     work = Path(cfg.work_dir)
     checkpoint = work / f"draft-{cfg.name}-v{len(token_ids)}.ckpt" if cfg.resume else None
@@ -139,6 +172,10 @@ def main(cfg: DictConfig) -> None:
                            "train_coverage": vocabulary_report(counts), "cost_by_size": sizes,
                            "heldout_coverage": final.get("heldout_coverage")},
             "data": {"teacher": str(teacher), "train_rows": len(train_data),
+                     "rollouts": None if rollouts is None else {
+                         "teacher": str(cfg.rollouts_dir), "rows": len(rollouts),
+                         "answer_positions": rollouts.answer_positions, "rows_per_batch": n_rollout},
+                     "init_from": cfg.get("init_from"),
                      "train_answer_positions": train_data.answer_positions,
                      "valid_answer_positions": valid_data.answer_positions,
                      "epochs": round(tcfg.steps * tcfg.batch_size / max(len(train_data), 1), 2)},

@@ -9,7 +9,8 @@ costly part of a step.
 
 Every batch carries, per answer position, the target's top-k law renormalised over the draft
 vocabulary (``soft_ids`` index the draft's head, ``soft_probs`` sum to 1 where any mass is left),
-the next token in the draft vocabulary (``label``, -1 when outside it) and the target's argmax in
+the next token in the draft vocabulary (``label``, -1 when outside it, and everywhere with
+``hard_labels=False``: over text the draft wrote, the next token is no target label) and the target's argmax in
 the draft vocabulary (``argmax``, -1 when outside it).  Given the target's embedding table, a
 batch also carries ``inputs_embeds``, the embeddings of its tokens (drafts that embed through the
 target read them; a frozen table is data, not a parameter).
@@ -58,8 +59,8 @@ class PackedTeacher:
     """Rows of packed teacher sequences; ``batch(rows)`` assembles training arrays."""
 
     def __init__(self, arrays: dict, to_draft: np.ndarray, row_length: int, answers_per_row: int, seed: int = 0,
-                 embeddings: np.ndarray | None = None):
-        self.a, self.to_draft, self.embeddings = arrays, to_draft, embeddings
+                 embeddings: np.ndarray | None = None, hard_labels: bool = True):
+        self.a, self.to_draft, self.embeddings, self.hard_labels = arrays, to_draft, embeddings, hard_labels
         self.row_length, self.answers_per_row, self.seed = row_length, answers_per_row, seed
         offsets = arrays["offsets"]
         lengths = np.minimum(np.diff(offsets), row_length)
@@ -114,7 +115,7 @@ class PackedTeacher:
                 out["at"][r, j] = position
                 out["soft_ids"][r, j] = np.maximum(ids, 0)
                 out["soft_probs"][r, j] = probs / mass if mass > 0 else 0.0
-                out["label"][r, j] = self.to_draft[token]
+                out["label"][r, j] = self.to_draft[token] if self.hard_labels else -1
                 out["argmax"][r, j] = ids[0]
                 out["weight"][r, j] = 1.0
         if self.embeddings is not None:
@@ -132,3 +133,17 @@ class PackedTeacher:
             out["prev1"] = np.where(out["positions"] > 0, index - 1, index).astype(np.int32)
             out["prev2"] = np.take_along_axis(out["prev1"], out["prev1"], axis=1)
         return out
+
+
+def mixed_batch(parts: list[tuple["PackedTeacher", int]], seed: int, step: int) -> dict:
+    """One batch of ``n`` random rows of each ``(data, n)`` of ``parts``, concatenated in that order
+    (rows drawn from ``(seed, step, part)``: a resumed run sees the same batches)."""
+    batches = []
+    for index, (data, n) in enumerate(parts):
+        if n < 0 or (n and not len(data)):
+            raise ValueError(f"cannot draw {n} rows from a set of {len(data)}")
+        if n:
+            batches.append(data.batch(np.random.default_rng([seed, step, index]).integers(0, len(data), n)))
+    if not batches:
+        raise ValueError("a batch needs at least one row")
+    return {key: np.concatenate([b[key] for b in batches]) for key in batches[0]}

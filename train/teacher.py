@@ -128,11 +128,15 @@ def cut(seq: Sequence, answers: int) -> Sequence:
     return Sequence(seq.id, seq.source, seq.category, seq.tokens[: last + 2], answer, seq.distilled_from)
 
 
-def ordered(records: list[dict], answers: dict) -> list[str]:
-    """Record ids in training order: every non-ShareGPT and self-distilled record, then ShareGPT's."""
-    first = [r["id"] for r in records if (r["has_answer"] and r["source"] != "sharegpt")
-             or (not r["has_answer"] and r["id"] in answers)]
-    return first + [r["id"] for r in records if r["has_answer"] and r["source"] == "sharegpt"]
+def ordered(records: list[dict], answers: dict, only_self_distilled: bool = False) -> list[str]:
+    """Record ids in training order: every non-ShareGPT and self-distilled record, then ShareGPT's
+    (``only_self_distilled``: the prompt-only records that have an answer, nothing else)."""
+    distilled = [r["id"] for r in records if not r["has_answer"] and r["id"] in answers]
+    if only_self_distilled:
+        return distilled
+    first = set(distilled) | {r["id"] for r in records if r["has_answer"] and r["source"] != "sharegpt"}
+    return [r["id"] for r in records if r["id"] in first] + \
+        [r["id"] for r in records if r["has_answer"] and r["source"] == "sharegpt"]
 
 
 # -- the target ----------------------------------------------------------------------------------
@@ -307,8 +311,9 @@ def make_plan(out_dir: Path, records: list[dict], answers: dict, settings: dict)
             raise ValueError(f"{out_dir} was started with {plan['settings']}, not {settings}: "
                              "use another out_dir (or delete it) to change them")
         return plan
+    only = bool(settings.get("only_self_distilled"))
     plan = {"settings": settings, "answers": len(answers),
-            "splits": {split: ordered([r for r in records if r["split"] == split], answers) for split in SPLITS}}
+            "splits": {split: ordered([r for r in records if r["split"] == split], answers, only) for split in SPLITS}}
     _write_json(path, plan)
     return plan
 
@@ -316,17 +321,20 @@ def make_plan(out_dir: Path, records: list[dict], answers: dict, settings: dict)
 def build_teacher(model, tokenizer, records: list[dict], answers: dict[str, dict], out_dir: str | os.PathLike, *,
                   max_length: int = 1024, min_answer: int = 16, topk: int = 32, max_positions: int | None = 2_500_000,
                   valid_max_positions: int | None = None, shard_positions: int = 65536,
-                  progress: bool = True, splits: tuple[str, ...] = SPLITS) -> dict:
+                  progress: bool = True, splits: tuple[str, ...] = SPLITS, only_self_distilled: bool = False) -> dict:
     """The shards of ``splits`` (resuming), ``token_counts.npy`` and the summary (returned, and ``teacher.json``).
 
     ``splits`` only picks which splits this run works on (``("valid",)`` builds the held-out shards before the
-    train budget is reached); the plan and the settings stay those of the first run."""
+    train budget is reached); the plan and the settings stay those of the first run.  ``only_self_distilled``
+    keeps only the records ``answers`` answers (e.g. the draft's rollouts of ``python -m specdec.train.rollouts``)."""
     from safetensors import safe_open
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     settings = {"max_length": max_length, "min_answer": min_answer, "topk": topk, "max_positions": max_positions,
                 "valid_max_positions": valid_max_positions, "shard_positions": shard_positions}
+    if only_self_distilled:  # only then in the settings: plans written before the option still match
+        settings["only_self_distilled"] = True
     plan = make_plan(out_dir, records, answers, settings)
     if len(answers) != plan["answers"]:
         log.warning("answers.jsonl holds %d answers, the plan of %s used %d: new ones need a new out_dir",
@@ -406,7 +414,7 @@ def main(cfg: DictConfig) -> None:
                             max_positions=optional(cfg.max_positions),
                             valid_max_positions=optional(cfg.valid_max_positions),
                             shard_positions=int(cfg.shard_positions), progress=bool(cfg.progress),
-                            splits=tuple(cfg.splits))
+                            splits=tuple(cfg.splits), only_self_distilled=bool(cfg.get("only_self_distilled", False)))
     summary["target"] = cfg.target.name
     summary["config"] = OmegaConf.to_container(cfg, resolve=True)
     _write_json(Path(cfg.out_dir) / "teacher.json", summary)
