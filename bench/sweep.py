@@ -80,30 +80,14 @@ def run(cfg: DictConfig, out_dir: str) -> dict:
                                   max_new_tokens=8, speculation=smartspec[name])
         for name, drafter in drafters.items():
             for batch_size in [int(b) for b in cfg.batch_sizes]:
-                cell = {"drafter": name, "batch_size": batch_size, "tokens_per_second": {}, "runs": {p: [] for p in policies}}
-                for round_ in range(int(cfg.repeats)):  # each round in another rotated order; medians
-                    shift = (len(cells) + round_) % len(policies)
-                    for policy in policies[shift:] + policies[:shift]:
-                        speculation = smartspec[name] if policy == "smartspec" else int(policy[2:])
-                        t0 = time.perf_counter()
-                        out = specdec.generate_pool(model, rows, drafter, batch_size=batch_size, schedule="eqspec",
-                                                    config=decoding, speculation=speculation)
-                        seconds = time.perf_counter() - t0
-                        cell["runs"][policy].append(out.stats.tokens_generated / seconds)
-                        if policy == "smartspec":
-                            cell["smartspec_depths"] = statistics.mean(max(d) for d in out.stats.depth_chosen)
-                            traces[f"{name}@{batch_size}"] = {
-                                "depth": [max(d) for d in out.stats.depth_chosen],
-                                "predicted": out.stats.predicted_seconds, "measured": out.stats.step_seconds}
-                            errors = [abs(p - m) / m for p, m in zip(out.stats.predicted_seconds, out.stats.step_seconds)
-                                      if p is not None and m > 0]
-                            cell["prediction_error"] = statistics.median(errors) if errors else None
-                cell["tokens_per_second"] = {p: statistics.median(v) for p, v in cell["runs"].items()}
+                cell = measure_cell(model, rows, drafter, batch_size, decoding, policies, smartspec[name],
+                                    repeats=int(cfg.repeats), shift=len(cells))
+                traces[f"{name}@{batch_size}"] = cell.pop("trace")
                 fixed = {p: v for p, v in cell["tokens_per_second"].items() if p != "smartspec"}
                 best = max(fixed, key=fixed.get)
-                cell["best_fixed"] = best
-                cell["smartspec_over_best"] = cell["tokens_per_second"]["smartspec"] / fixed[best]
-                cell["smartspec_over_plain"] = cell["tokens_per_second"]["smartspec"] / fixed.get("k=0", float("nan"))
+                cell.update(drafter=name, batch_size=batch_size, best_fixed=best,
+                            smartspec_over_best=cell["tokens_per_second"]["smartspec"] / fixed[best],
+                            smartspec_over_plain=cell["tokens_per_second"]["smartspec"] / fixed.get("k=0", float("nan")))
                 cells.append(cell)
                 log.info("%s B=%d: %s", name, batch_size, {k: round(v, 1) for k, v in cell["tokens_per_second"].items()})
     summary = {"smartspec_over_fixed": {}, "cells_within_3pct": sum(c["smartspec_over_best"] >= 0.97 for c in cells),
@@ -128,6 +112,46 @@ def run(cfg: DictConfig, out_dir: str) -> dict:
     (out / "sweep.md").write_text(markdown(document) + "\n", encoding="utf-8")
     plot(document, out / "sweep.png")
     return document
+
+
+def measure_cell(model, rows: list, drafter, batch_size: int, decoding, policies: list[str], smartspec,
+                 *, repeats: int, shift: int) -> dict:
+    """One cell: the prompts in chunks of ``batch_size``; each chunk decoded ``repeats`` times by every
+    policy back to back, each round in another rotated order, so that every policy meets the same
+    machine state within seconds of the others."""
+    chunks = [rows[i:i + batch_size] for i in range(0, len(rows), batch_size)]
+    runs = {p: [[] for _ in chunks] for p in policies}
+    trace = {"depth": [], "predicted": [], "measured": []}
+    for c, chunk in enumerate(chunks):
+        for round_ in range(repeats):
+            first = (shift + c + round_) % len(policies)
+            for policy in policies[first:] + policies[:first]:
+                speculation = smartspec if policy == "smartspec" else int(policy[2:])
+                t0 = time.perf_counter()
+                out = specdec.generate_pool(model, chunk, drafter, batch_size=batch_size, schedule="eqspec",
+                                            config=decoding, speculation=speculation)
+                runs[policy][c].append((out.stats.tokens_generated, time.perf_counter() - t0))
+                if policy == "smartspec" and round_ == repeats - 1:
+                    trace["depth"] += [max(d) for d in out.stats.depth_chosen]
+                    trace["predicted"] += out.stats.predicted_seconds
+                    trace["measured"] += out.stats.step_seconds
+    errors = [abs(p - m) / m for p, m in zip(trace["predicted"], trace["measured"]) if p is not None and m > 0]
+    return {"tokens_per_second": {p: chunked_throughput(r) for p, r in runs.items()},
+            "runs": {p: [[s for _, s in chunk] for chunk in r] for p, r in runs.items()},
+            "smartspec_depths": statistics.mean(trace["depth"]) if trace["depth"] else 0.0,
+            "prediction_error": statistics.median(errors) if errors else None, "trace": trace}
+
+
+def chunked_throughput(runs: list[list[tuple[int, float]]]) -> float:
+    """Tokens per second of one policy from ``runs[chunk][round] = (tokens, seconds)``: each chunk's
+    median over its rounds (a hiccup in one round does not move it), summed over the chunks."""
+    if not runs or any(not chunk for chunk in runs):
+        raise ValueError("every chunk needs at least one timed run")
+    tokens = sum(statistics.median(t for t, _ in chunk) for chunk in runs)
+    seconds = sum(statistics.median(s for _, s in chunk) for chunk in runs)
+    if seconds <= 0:
+        raise ValueError(f"non-positive total time {seconds}")
+    return tokens / seconds
 
 
 def markdown(document: dict) -> str:

@@ -27,3 +27,15 @@ def test_sweep_on_the_tiny_target(tmp_path):
     assert doc["latency_model"]["key"]["dtype"] == "float64"  # profiled on first use, in the tiny target's setting
     summary = json.loads(proc.stdout.strip().splitlines()[-1])
     assert set(summary["mean_vs_fixed"]) == {"k=0", "k=2"}
+
+
+def test_chunked_throughput_takes_each_chunks_median_round():
+    import pytest
+
+    from specdec.bench.sweep import chunked_throughput
+
+    # chunk 0: a 10x hiccup in one round is ignored; chunk 1: the median of three rounds
+    runs = [[(10, 1.0), (10, 10.0), (10, 1.0)], [(20, 2.0), (20, 3.0), (20, 4.0)]]
+    assert chunked_throughput(runs) == pytest.approx(30 / 4.0)
+    with pytest.raises(ValueError, match="at least one timed run"):
+        chunked_throughput([[(10, 1.0)], []])
