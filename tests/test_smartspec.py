@@ -254,3 +254,28 @@ def test_inside_the_profiled_grid_the_measurements_answer(target):
     assert model.draft_seconds("D", 2, 2) == pytest.approx(0.004)
     assert model.draft_seconds("D", 2, 8) == pytest.approx(0.7)
     assert model.draft_seconds("D", 2, 0) == 0.0
+
+
+def test_profiled_grid_is_made_monotone_where_noise_broke_it():
+    """Pool adjacent violators exactly; a grid where 3 nodes read cheaper than 2 is pooled along nodes (and
+    stays monotone in every axis asked), while a grid that is already monotone is left as measured."""
+    from specdec.latency import Grid, isotonic
+
+    assert isotonic([30.1, 32.3, 38.9, 33.5, 46.7]) == pytest.approx([30.1, 32.3, 36.2, 36.2, 46.7])
+    assert isotonic([3.0, 2.0, 1.0]) == pytest.approx([2.0, 2.0, 2.0]) and isotonic([]) == []
+    noisy = {(1, 0): 30.1, (1, 1): 32.3, (1, 2): 38.9, (1, 3): 33.5, (2, 0): 29.6, (2, 1): 35.0, (2, 2): 49.5,
+             (2, 3): 56.3}
+    points = [{"batch": b, "nodes": n, "seconds": v} for (b, n), v in noisy.items()]
+    raw = Grid(points, ("batch", "nodes"))
+    assert raw.at({"batch": 1, "nodes": 3}) == pytest.approx(33.5)  # as measured when not asked
+    grid = Grid(points, ("batch", "nodes"), monotone=("nodes", "batch"))
+    assert grid.at({"batch": 1, "nodes": 2}) == pytest.approx(36.2) == grid.at({"batch": 1, "nodes": 3})
+    for n in range(4):
+        row = [grid.at({"batch": b, "nodes": n}) for b in (1, 2)]
+        assert row[0] <= row[1] + 1e-9  # batch 2 plain (29.6) no longer cheaper than batch 1 (30.1)
+        assert [grid.at({"batch": 2, "nodes": k}) for k in range(4)] == sorted(grid.at({"batch": 2, "nodes": k})
+                                                                               for k in range(4))
+    clean = [{"batch": b, "nodes": n, "seconds": 10 + b + 2 * n} for b in (1, 2) for n in range(4)]
+    assert Grid(clean, ("batch", "nodes"), monotone=("nodes", "batch")).values == Grid(clean, ("batch", "nodes")).values
+    with pytest.raises(ValueError, match="not grid axes"):
+        Grid(clean, ("batch", "nodes"), monotone=("depth",))
