@@ -71,7 +71,7 @@ def run(cfg: DictConfig, out_dir: str) -> dict:
     rows = [encode(tokenizer, p.messages)[0].tolist() for p in prompts]
     drafters, skipped = build_drafters(cfg, model)
     depths = [int(d) for d in cfg.depths]
-    policies = ["smartspec"] + [f"k={d}" for d in depths]
+    policies = ["smartspec"] + [f"k={d}" for d in depths] + (["control"] if cfg.get("control") else [])
     cells, traces = [], {}
     smartspec = {name: specdec.SmartSpec(max_depth=int(cfg.max_depth)) for name in drafters}  # learns across cells
     with torch.inference_mode():
@@ -83,8 +83,10 @@ def run(cfg: DictConfig, out_dir: str) -> dict:
                 cell = measure_cell(model, rows, drafter, batch_size, decoding, policies, smartspec[name],
                                     repeats=int(cfg.repeats), shift=len(cells))
                 traces[f"{name}@{batch_size}"] = cell.pop("trace")
-                fixed = {p: v for p, v in cell["tokens_per_second"].items() if p != "smartspec"}
+                fixed = {p: v for p, v in cell["tokens_per_second"].items() if p.startswith("k=")}
                 best = max(fixed, key=fixed.get)
+                if "control" in cell["tokens_per_second"] and "k=0" in fixed:  # plain decoding again: what identical policies read apart
+                    cell["control_over_plain"] = cell["tokens_per_second"]["control"] / fixed["k=0"]
                 cell.update(drafter=name, batch_size=batch_size, best_fixed=best,
                             smartspec_over_best=cell["tokens_per_second"]["smartspec"] / fixed[best],
                             smartspec_over_plain=cell["tokens_per_second"]["smartspec"] / fixed.get("k=0", float("nan")))
@@ -94,7 +96,11 @@ def run(cfg: DictConfig, out_dir: str) -> dict:
                "cells": len(cells), "min_over_plain": min((c["smartspec_over_plain"] for c in cells), default=None),
                "median_step_prediction_error": statistics.median(
                    [c["prediction_error"] for c in cells if c.get("prediction_error") is not None] or [float("nan")])}
-    for policy in policies[1:]:
+    controls = [c["control_over_plain"] for c in cells if "control_over_plain" in c]
+    if controls:
+        summary["control_over_plain"] = {"min": min(controls), "max": max(controls),
+                                         "cells_within_3pct": sum(abs(1 - r) <= 0.03 for r in controls)}
+    for policy in [p for p in policies if p.startswith("k=")]:
         ratios = [c["tokens_per_second"]["smartspec"] / c["tokens_per_second"][policy] for c in cells]
         summary["smartspec_over_fixed"][policy] = statistics.mean(ratios) if ratios else None
     latency = next(iter(smartspec.values())).latency if smartspec else None
@@ -126,7 +132,7 @@ def measure_cell(model, rows: list, drafter, batch_size: int, decoding, policies
         for round_ in range(repeats):
             first = (shift + c + round_) % len(policies)
             for policy in policies[first:] + policies[:first]:
-                speculation = smartspec if policy == "smartspec" else int(policy[2:])
+                speculation = smartspec if policy == "smartspec" else 0 if policy == "control" else int(policy[2:])
                 t0 = time.perf_counter()
                 out = specdec.generate_pool(model, chunk, drafter, batch_size=batch_size, schedule="eqspec",
                                             config=decoding, speculation=speculation)
@@ -161,7 +167,7 @@ def markdown(document: dict) -> str:
              "| drafter | batch | " + " | ".join(policies) + " | best fixed | SmartSpec / best | SmartSpec / plain | mean k |",
              "|---|---:|" + "---:|" * (len(policies) + 4)]
     for c in document["cells"]:
-        tps = " | ".join(f"{c['tokens_per_second'][p]:.1f}" for p in policies)
+        tps = " | ".join(f"{c['tokens_per_second'][p]:.1f}" for p in policies if p in c["tokens_per_second"])
         lines.append(f"| {c['drafter']} | {c['batch_size']} | {tps} | {c['best_fixed']} | "
                      f"{c['smartspec_over_best']:.3f} | {c['smartspec_over_plain']:.3f} | {c.get('smartspec_depths', 0):.2f} |")
     s = document["summary"]
@@ -171,6 +177,11 @@ def markdown(document: dict) -> str:
               f"{s.get('median_step_prediction_error', float('nan')):.3f}.",
               "Averaged over the cells, SmartSpec's throughput over each fixed depth: "
               + ", ".join(f"{p} {v:.3f}" for p, v in s["smartspec_over_fixed"].items() if v is not None) + "."]
+    if "control_over_plain" in s:
+        c = s["control_over_plain"]
+        lines.append(f"Control (plain decoding run again as its own policy) over plain decoding: {c['min']:.3f} to "
+                     f"{c['max']:.3f}, within 3% in {c['cells_within_3pct']} of {s['cells']} cells: the resolution "
+                     "of this measurement.")
     return "\n".join(lines)
 
 

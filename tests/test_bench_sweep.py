@@ -16,10 +16,11 @@ def test_sweep_on_the_tiny_target(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     doc = json.loads((tmp_path / "sweep.json").read_text())
     assert {p.name for p in tmp_path.iterdir()} >= {"sweep.json", "sweep.md", "sweep.png"}
-    assert doc["policies"] == ["smartspec", "k=0", "k=2"] and set(doc["skipped"]) == {"medusa"}
+    assert doc["policies"] == ["smartspec", "k=0", "k=2", "control"] and set(doc["skipped"]) == {"medusa"}
+    assert all(c["control_over_plain"] > 0 for c in doc["cells"]) and "control" in (tmp_path / "sweep.md").read_text()
     assert [(c["drafter"], c["batch_size"]) for c in doc["cells"]] == [("draft_model", 1), ("draft_model", 2)]
     for cell in doc["cells"]:
-        fixed = {p: v for p, v in cell["tokens_per_second"].items() if p != "smartspec"}
+        fixed = {p: v for p, v in cell["tokens_per_second"].items() if p.startswith("k=")}
         assert cell["best_fixed"] == max(fixed, key=fixed.get)
         assert abs(cell["smartspec_over_best"] * fixed[cell["best_fixed"]] - cell["tokens_per_second"]["smartspec"]) < 1e-9
     trace = doc["traces"]["draft_model@1"]
