@@ -246,3 +246,20 @@ def test_valid_split_first_then_train_gives_the_same_shards(model, tokenizer, tm
         assert once["ids"] == parts["ids"] and np.array_equal(once["topk_ids"], parts["topk_ids"])
     with pytest.raises(ValueError, match="unknown teacher splits"):
         run(model, tokenizer, tmp_path / "parts", max_positions=400, splits=("test",))
+
+
+def test_bfloat16_body_stays_close_to_float32_and_is_part_of_the_plan(model, tokenizer, tmp_path):
+    """The bf16-autocast body gives hidden states and laws close to float32's (not bit-equal: it did run in
+    bf16), keeps the same positions, and a directory started in one precision refuses the other."""
+    run(model, tokenizer, tmp_path / "f32", max_positions=300)
+    run(model, tokenizer, tmp_path / "bf16", max_positions=300, body_dtype="bfloat16")
+    f32, bf16 = load_teacher(tmp_path / "f32", "train"), load_teacher(tmp_path / "bf16", "train")
+    assert f32["ids"] == bf16["ids"] and np.array_equal(f32["answer"], bf16["answer"])
+    h32, h16 = f32["hidden"].astype(np.float32), bf16["hidden"].astype(np.float32)
+    error = np.linalg.norm(h32 - h16) / np.linalg.norm(h32)
+    assert 0 < error < 0.05
+    assert (f32["topk_ids"][:, 0] == bf16["topk_ids"][:, 0]).mean() > 0.95
+    with pytest.raises(ValueError, match="started with"):
+        run(model, tokenizer, tmp_path / "bf16", max_positions=300)
+    with pytest.raises(ValueError, match="body_dtype"):
+        teacher_mod.teacher_forward(model, np.arange(5, dtype=np.int32), np.ones(5, bool), 4, body_dtype="float16")

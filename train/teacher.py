@@ -142,12 +142,21 @@ def ordered(records: list[dict], answers: dict, only_self_distilled: bool = Fals
 # -- the target ----------------------------------------------------------------------------------
 
 @torch.inference_mode()
-def teacher_forward(model, tokens: np.ndarray, answer: np.ndarray, topk: int,
-                    head_rows: int = 256) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Hidden states float16 [T, H] at every position; top-k ids int32 and log-probs float16 [A, k] at answers."""
+def teacher_forward(model, tokens: np.ndarray, answer: np.ndarray, topk: int, head_rows: int = 256,
+                    body_dtype: str = "float32") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Hidden states float16 [T, H] at every position; top-k ids int32 and log-probs float16 [A, k] at answers.
+
+    ``body_dtype="bfloat16"`` runs the decoder layers under bf16 autocast, the output head in float32:
+    1.6x faster on the 2-core CPU (SmolLM2-135M, 1,024 tokens of corpus chats, every position an
+    answer: 1.16 against 1.90 s), the argmax the float32 target's at 99.45% of positions and the top
+    log-prob 0.004 off (median).  The head in bf16 too would be 2.3x faster but agree at only 97.9%."""
+    if body_dtype not in ("float32", "bfloat16"):
+        raise ValueError(f"body_dtype must be 'float32' or 'bfloat16', got {body_dtype!r}")
     device = next(model.parameters()).device
     ids = torch.as_tensor(tokens, dtype=torch.long, device=device)[None]
-    hidden = model.get_decoder()(input_ids=ids, use_cache=False).last_hidden_state[0]
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=body_dtype == "bfloat16"):
+        hidden = model.get_decoder()(input_ids=ids, use_cache=False).last_hidden_state[0]
+    hidden = hidden.to(model.get_output_embeddings().weight.dtype)
     head = model.get_output_embeddings()
     softcap = getattr(model.config, "final_logit_softcapping", None)
     at = hidden[torch.as_tensor(answer, device=device)]
@@ -226,7 +235,8 @@ def write_shard(out_dir: Path, split: str, index: int, items: list, vocab: int, 
 
 def run_split(model, tokenizer, records: dict[str, dict], answers: dict[str, dict], plan: list[str],
               out_dir: Path, split: str, budget: int | None, *, max_length: int = 1024, min_answer: int = 16,
-              topk: int = 32, shard_positions: int = 65536, progress: bool = True) -> list[dict]:
+              topk: int = 32, shard_positions: int = 65536, progress: bool = True,
+              body_dtype: str = "float32") -> list[dict]:
     """Process ``plan`` (record ids) into the split's shards, after any already complete; their sidecars."""
     from tqdm.auto import tqdm
 
@@ -261,7 +271,7 @@ def run_split(model, tokenizer, records: dict[str, dict], answers: dict[str, dic
                 skipped["budget"] += 1
                 break
             seq = cut(seq, budget - total)
-        items.append((seq, teacher_forward(model, seq.tokens, seq.answer, topk)))
+        items.append((seq, teacher_forward(model, seq.tokens, seq.answer, topk, body_dtype=body_dtype)))
         total += seq.answers
         bar.update(seq.answers)
         if sum(s.answers for s, _ in items) >= shard_positions:
@@ -321,7 +331,8 @@ def make_plan(out_dir: Path, records: list[dict], answers: dict, settings: dict)
 def build_teacher(model, tokenizer, records: list[dict], answers: dict[str, dict], out_dir: str | os.PathLike, *,
                   max_length: int = 1024, min_answer: int = 16, topk: int = 32, max_positions: int | None = 2_500_000,
                   valid_max_positions: int | None = None, shard_positions: int = 65536,
-                  progress: bool = True, splits: tuple[str, ...] = SPLITS, only_self_distilled: bool = False) -> dict:
+                  progress: bool = True, splits: tuple[str, ...] = SPLITS, only_self_distilled: bool = False,
+                  body_dtype: str = "float32") -> dict:
     """The shards of ``splits`` (resuming), ``token_counts.npy`` and the summary (returned, and ``teacher.json``).
 
     ``splits`` only picks which splits this run works on (``("valid",)`` builds the held-out shards before the
@@ -335,6 +346,8 @@ def build_teacher(model, tokenizer, records: list[dict], answers: dict[str, dict
                 "valid_max_positions": valid_max_positions, "shard_positions": shard_positions}
     if only_self_distilled:  # only then in the settings: plans written before the option still match
         settings["only_self_distilled"] = True
+    if body_dtype != "float32":  # likewise
+        settings["body_dtype"] = body_dtype
     plan = make_plan(out_dir, records, answers, settings)
     if len(answers) != plan["answers"]:
         log.warning("answers.jsonl holds %d answers, the plan of %s used %d: new ones need a new out_dir",
@@ -350,7 +363,7 @@ def build_teacher(model, tokenizer, records: list[dict], answers: dict[str, dict
         before = sum(m["answer_positions"] for m in completed_shards(out_dir, split))
         metas = run_split(model, tokenizer, by_id, answers, plan["splits"][split], out_dir, split, budgets[split],
                           max_length=max_length, min_answer=min_answer, topk=topk,
-                          shard_positions=shard_positions, progress=progress)
+                          shard_positions=shard_positions, progress=progress, body_dtype=body_dtype)
         summary[split] = split_summary(metas)
         seconds = time.perf_counter() - split_started
         new = summary[split]["answer_positions"] - before
@@ -414,7 +427,8 @@ def main(cfg: DictConfig) -> None:
                             max_positions=optional(cfg.max_positions),
                             valid_max_positions=optional(cfg.valid_max_positions),
                             shard_positions=int(cfg.shard_positions), progress=bool(cfg.progress),
-                            splits=tuple(cfg.splits), only_self_distilled=bool(cfg.get("only_self_distilled", False)))
+                            splits=tuple(cfg.splits), only_self_distilled=bool(cfg.get("only_self_distilled", False)),
+                            body_dtype=str(cfg.get("body_dtype", "float32")))
     summary["target"] = cfg.target.name
     summary["config"] = OmegaConf.to_container(cfg, resolve=True)
     _write_json(Path(cfg.out_dir) / "teacher.json", summary)
