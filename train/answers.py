@@ -131,12 +131,18 @@ def main(cfg: DictConfig) -> None:
                    int(cfg.chunk_size), int(cfg.sort_window), bool(cfg.progress))
     log.info("%d prompts answered (%d were done), %d new tokens in %.0f s: %.1f tokens/s -> %s", stats["answered"],
              stats["already_done"], stats["new_tokens"], stats["seconds"], stats["tokens_per_second"], cfg.out)
-    summary = Path(cfg.out).with_name("answers.json")
+    record_run(cfg, stats, "answers.json", ("answers", "answer_tokens"))
+
+
+def record_run(cfg: DictConfig, stats: dict, name: str, count_keys: tuple[str, str], extra: dict | None = None) -> None:
+    """Beside ``cfg.out``, the JSON file ``name``: the lines and tokens it now holds (under ``count_keys``),
+    ``extra``, and every run so far with its stats and config (this one appended)."""
+    summary = Path(cfg.out).with_name(name)
     runs = json.loads(summary.read_text())["runs"] if summary.is_file() else []
     runs.append({**stats, "target": cfg.target.name, "config": OmegaConf.to_container(cfg, resolve=True)})
     total = load_answers(cfg.out)
-    summary.write_text(json.dumps({"answers": len(total), "answer_tokens": sum(len(a["ids"]) for a in total.values()),
-                                   "runs": runs}, indent=2) + "\n", encoding="utf-8")
+    summary.write_text(json.dumps({count_keys[0]: len(total), count_keys[1]: sum(len(a["ids"]) for a in total.values()),
+                                   **(extra or {}), "runs": runs}, indent=2) + "\n", encoding="utf-8")
 
 
 if __name__ == "__main__":

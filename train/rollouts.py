@@ -13,16 +13,14 @@ label).
 """
 from __future__ import annotations
 
-import json
 import logging
-from pathlib import Path
 
 import hydra
 import torch
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
-from .answers import answer, eos_ids, load_answers, prompt_records
+from .answers import answer, eos_ids, prompt_records, record_run
 from .corpus_build import load_corpus
 
 log = logging.getLogger("specdec.train.rollouts")
@@ -52,12 +50,7 @@ def main(cfg: DictConfig) -> None:
                    temperature=float(cfg.temperature), seed=int(cfg.seed), eos=eos_ids(model))
     log.info("%d prompts rolled out by %s (%d were done), %d new tokens in %.0f s -> %s", stats["answered"], cfg.draft,
              stats["already_done"], stats["new_tokens"], stats["seconds"], cfg.out)
-    summary = Path(cfg.out).with_name("rollouts.json")
-    runs = json.loads(summary.read_text())["runs"] if summary.is_file() else []
-    runs.append({**stats, "target": cfg.target.name, "config": OmegaConf.to_container(cfg, resolve=True)})
-    total = load_answers(cfg.out)
-    summary.write_text(json.dumps({"rollouts": len(total), "tokens": sum(len(a["ids"]) for a in total.values()),
-                                   "draft": str(cfg.draft), "runs": runs}, indent=2) + "\n", encoding="utf-8")
+    record_run(cfg, stats, "rollouts.json", ("rollouts", "tokens"), {"draft": str(cfg.draft)})
 
 
 if __name__ == "__main__":

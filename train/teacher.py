@@ -156,8 +156,8 @@ def teacher_forward(model, tokens: np.ndarray, answer: np.ndarray, topk: int, he
     ids = torch.as_tensor(tokens, dtype=torch.long, device=device)[None]
     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=body_dtype == "bfloat16"):
         hidden = model.get_decoder()(input_ids=ids, use_cache=False).last_hidden_state[0]
-    hidden = hidden.to(model.get_output_embeddings().weight.dtype)
     head = model.get_output_embeddings()
+    hidden = hidden.to(head.weight.dtype)
     softcap = getattr(model.config, "final_logit_softcapping", None)
     at = hidden[torch.as_tensor(answer, device=device)]
     top_ids, top_lp = [], []
