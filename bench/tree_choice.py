@@ -1,0 +1,152 @@
+"""``python -m specdec.bench.tree_choice ARTIFACT``: a Chimera draft's default tree, chosen by measurement.
+
+A deeper or wider tree accepts more tokens per step but makes the verification forward and the
+draft dearer; where the two cross depends on the draft's acceptance and on the machine.  This
+decodes the second prompt of each benchmark category (the default benchmark times the first)
+greedily with every candidate tree and with plain decoding (the same engine, no drafter), in one
+run: each round visits every prompt, and on each prompt every candidate once, in an order
+rotated per round.  Per candidate it reports tokens per verification step and throughput over
+plain decoding (summed per-prompt medians of the rounds).  Every candidate's output must equal
+plain decoding's; a difference stops the run.  ``--write`` stores the fastest tree in the
+artifact's ``card.json`` (``tree``) with the table (``tree_choice``).  Run it on a quiet machine.
+
+    python -m specdec.bench.tree_choice artifacts/chimera-smollm2-135m-instruct --trees 1:1,2:3,3:4,4:8 --write
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+import specdec
+from specdec import drafters
+
+from .prompts import encode, load_prompts
+
+PLAIN = "plain"
+
+
+def parse_trees(text: str) -> list[tuple[int, int]]:
+    """``"1:1,2:3"`` -> ``[(1, 1), (2, 3)]``: (depth, node budget) pairs, each a possible tree."""
+    trees = []
+    for item in text.split(","):
+        parts = item.strip().split(":")
+        if len(parts) != 2 or not all(p.isdigit() for p in parts):
+            raise ValueError(f"tree {item.strip()!r} is not DEPTH:NODES (e.g. 2:3)")
+        depth, nodes = int(parts[0]), int(parts[1])
+        if depth < 1 or nodes < depth:
+            raise ValueError(f"tree {depth}:{nodes} is impossible: depth >= 1 and at least one node per depth")
+        trees.append((depth, nodes))
+    if len(set(trees)) != len(trees):
+        raise ValueError(f"trees {text!r} repeat a candidate")
+    return trees
+
+
+def tree_options(depth: int, nodes: int) -> dict:
+    """The drafter's options for a (depth, nodes) tree: up to 4 children per node, 4 nodes expanded per depth."""
+    fan = min(nodes, 4)
+    return {"depth": depth, "branch": fan, "width": fan, "max_nodes": nodes}
+
+
+def name_of(tree: tuple[int, int]) -> str:
+    return f"{tree[0]}:{tree[1]}"
+
+
+def measure(model, prompts: list[torch.Tensor], candidates: dict, max_new_tokens: int, repeats: int) -> list[dict]:
+    """Rows ``{tree, tokens_per_step, tokens_per_second, speed_vs_plain}``, plain decoding first.
+
+    ``candidates`` maps a name to a drafter; decoding is greedy and interleaved (see the module's doc).
+    """
+    names = [PLAIN, *candidates]
+    seconds = {name: [[] for _ in prompts] for name in names}
+    tokens, steps, outputs = dict.fromkeys(names, 0), dict.fromkeys(names, 0), {}
+    for repeat in range(repeats + 1):  # round 0 warms up and is not timed
+        for p, ids in enumerate(prompts):
+            shift = (repeat + p) % len(names)
+            for name in names[shift:] + names[:shift]:
+                drafter = candidates.get(name)
+                start = time.perf_counter()
+                with torch.inference_mode():
+                    out = specdec.generate(model, ids, drafter, max_new_tokens=max_new_tokens)
+                elapsed = time.perf_counter() - start
+                generated = out.sequences[0, ids.shape[1]:].tolist()
+                outputs.setdefault((p, name), generated)
+                if repeat == 0:
+                    continue
+                seconds[name][p].append(elapsed)
+                tokens[name] += len(generated)
+                steps[name] += out.stats.steps
+    total = {name: sum(statistics.median(per_prompt) for per_prompt in seconds[name]) for name in names}
+    for name in candidates:
+        for p in range(len(prompts)):
+            if outputs[(p, name)] != outputs[(p, PLAIN)]:
+                raise RuntimeError(f"tree {name} changed the greedy output of prompt {p}: the drafter is broken")
+    per_round = {name: tokens[name] / repeats for name in names}
+    return [{"tree": name, "tokens_per_step": round(tokens[name] / max(steps[name], 1), 3),
+             "tokens_per_second": round(per_round[name] / total[name], 2),
+             "speed_vs_plain": round((per_round[name] / total[name]) / (per_round[PLAIN] / total[PLAIN]), 3)}
+            for name in names]
+
+
+def fastest(rows: list[dict]) -> str:
+    """The candidate tree (never plain decoding) with the highest throughput."""
+    trees = [row for row in rows if row["tree"] != PLAIN]
+    if not trees:
+        raise ValueError("no candidate tree was measured")
+    return max(trees, key=lambda row: row["tokens_per_second"])["tree"]
+
+
+def summary(rows: list[dict], command: str) -> str:
+    cells = ", ".join(f"{r['tree']} {r['speed_vs_plain']:.2f}x ({r['tokens_per_step']:.2f} tok/step)"
+                      for r in rows if r["tree"] != PLAIN)
+    return (f"{fastest(rows)} (depth:nodes) measured fastest on {datetime.date.today().isoformat()} by `{command}`, "
+            f"greedy, speed over plain decoding in the same run: {cells}")
+
+
+def write_choice(folder: Path, rows: list[dict], command: str) -> dict:
+    """Store the fastest tree and the table in ``folder/card.json``; returns the new ``tree``."""
+    path = folder / "card.json"
+    card = json.loads(path.read_text(encoding="utf-8"))
+    depth, nodes = (int(x) for x in fastest(rows).split(":"))
+    card["tree"] = tree_options(depth, nodes)
+    card["tree_choice"] = summary(rows, command)
+    card["tree_choice_rows"] = rows
+    path.write_text(json.dumps(card, indent=2) + "\n", encoding="utf-8")
+    return card["tree"]
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("artifact", type=Path, help="a Chimera artifact folder (chimera.safetensors + card.json)")
+    parser.add_argument("--trees", default="1:1,1:2,2:2,2:3,3:3,3:4,4:6", help="DEPTH:NODES candidates")
+    parser.add_argument("--max-new-tokens", type=int, default=48)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--dtype", default="float16", help="the draft's precision (configs/drafter/chimera.yaml's)")
+    parser.add_argument("--write", action="store_true", help="store the fastest tree in the artifact's card")
+    args = parser.parse_args(argv)
+    trees = parse_trees(args.trees)
+    card = json.loads((args.artifact / "card.json").read_text(encoding="utf-8"))
+    model, tokenizer = specdec.load_model(card["target"])
+    second = {}
+    for prompt in load_prompts(per_category=2):  # the last one seen per category is its second
+        second[prompt.category] = prompt
+    prompts = [encode(tokenizer, p.messages) for p in second.values()]
+    candidates = {name_of(t): drafters.Chimera.from_pretrained(args.artifact, model, dtype=args.dtype,
+                                                               **tree_options(*t)) for t in trees}
+    rows = measure(model, prompts, candidates, args.max_new_tokens, args.repeats)
+    print(json.dumps({"threads": torch.get_num_threads(), "prompts": len(prompts), "rows": rows}, indent=1))
+    command = "python -m specdec.bench.tree_choice " + " ".join(argv if argv is not None else sys.argv[1:])
+    if args.write:
+        print("card tree:", write_choice(args.artifact, rows, command))
+    else:
+        print("fastest:", fastest(rows))
+
+
+if __name__ == "__main__":
+    main()

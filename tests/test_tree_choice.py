@@ -1,0 +1,57 @@
+"""`python -m specdec.bench.tree_choice`: candidate trees are parsed strictly, measured against plain decoding
+in one run with their outputs checked, and the fastest is written into the artifact's card."""
+import json
+
+import numpy as np
+import pytest
+import torch
+from conftest import tiny_llama
+from test_chimera import random_draft
+
+from specdec import drafters
+from specdec.bench.tree_choice import fastest, measure, parse_trees, tree_options, write_choice
+
+
+def test_trees_are_parsed_strictly():
+    assert parse_trees("1:1, 2:3,4:8") == [(1, 1), (2, 3), (4, 8)]
+    for bad, message in (("2", "DEPTH:NODES"), ("a:b", "DEPTH:NODES"), ("3:2", "impossible"), ("0:0", "impossible"),
+                         ("1:1,1:1", "repeat")):
+        with pytest.raises(ValueError, match=message):
+            parse_trees(bad)
+    assert tree_options(2, 3) == {"depth": 2, "branch": 3, "width": 3, "max_nodes": 3}
+    assert tree_options(4, 8)["branch"] == 4
+
+
+def test_measures_every_tree_against_plain_decoding_and_writes_the_fastest(tmp_path):
+    target = tiny_llama(64, seed=0, dtype=torch.float32)
+    draft = random_draft(target, np.arange(0, 64, 3), dtype=torch.float32)
+    prompts = [torch.randint(3, 64, (1, 6), generator=torch.Generator().manual_seed(s)) for s in (1, 2)]
+    candidates = {"1:1": drafters.Chimera(draft, **tree_options(1, 1)),
+                  "2:3": drafters.Chimera(draft, **tree_options(2, 3))}
+    rows = measure(target, prompts, candidates, max_new_tokens=5, repeats=1)
+    assert [r["tree"] for r in rows] == ["plain", "1:1", "2:3"]
+    assert rows[0]["tokens_per_step"] == 1.0 and rows[0]["speed_vs_plain"] == 1.0
+    assert all(r["tokens_per_step"] >= 1.0 and r["tokens_per_second"] > 0 for r in rows)
+    (tmp_path / "card.json").write_text(json.dumps({"kind": "chimera", "tree": {"depth": 9}}))
+    made_up = [{"tree": "plain", "tokens_per_second": 50.0}, {"tree": "1:1", "tokens_per_second": 20.0},
+               {"tree": "2:3", "tokens_per_second": 30.0}]
+    for row in made_up:
+        row.update(tokens_per_step=1.0, speed_vs_plain=row["tokens_per_second"] / 50.0)
+    assert fastest(made_up) == "2:3"  # plain decoding is never chosen as a tree
+    assert write_choice(tmp_path, made_up, "cmd") == tree_options(2, 3)
+    card = json.loads((tmp_path / "card.json").read_text())
+    assert card["tree"] == tree_options(2, 3) and "2:3 (depth:nodes)" in card["tree_choice"] and card["kind"] == "chimera"
+
+
+def test_a_drafter_that_changes_the_output_stops_the_run(monkeypatch):
+    """A candidate decoded by another model stands in for a broken drafter: the run must refuse it."""
+    import specdec
+
+    target, other = tiny_llama(64, seed=0, dtype=torch.float32), tiny_llama(64, seed=5, dtype=torch.float32)
+    broken = drafters.Chimera(random_draft(target, np.arange(0, 64, 3), dtype=torch.float32), **tree_options(1, 1))
+    prompts = [torch.randint(3, 64, (1, 6), generator=torch.Generator().manual_seed(1))]
+    real_generate = specdec.generate
+    monkeypatch.setattr(specdec, "generate", lambda model, ids, drafter, **kw: real_generate(
+        other if drafter is broken else model, ids, drafter, **kw))
+    with pytest.raises(RuntimeError, match="changed the greedy output"):
+        measure(target, prompts, {"1:1": broken}, max_new_tokens=6, repeats=1)
