@@ -6,7 +6,7 @@ decodes the second prompt of each benchmark category (the default benchmark time
 greedily with every candidate tree and with plain decoding (the same engine, no drafter), in one
 run: each round visits every prompt, and on each prompt every candidate once, in an order
 rotated per round.  Per candidate it reports tokens per verification step and throughput over
-plain decoding (summed per-prompt medians of the rounds).  Every candidate's output must equal
+plain decoding (per-prompt medians of the rounds, summed: :func:`specdec.bench.sweep.chunked_throughput`).  Every candidate's output must equal
 plain decoding's; a difference stops the run.  ``--write`` stores the fastest tree in the
 artifact's ``card.json`` (``tree``) with the table (``tree_choice``).  Run it on a quiet machine.
 
@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -28,6 +27,7 @@ import specdec
 from specdec import drafters
 
 from .prompts import encode, load_prompts
+from .sweep import chunked_throughput
 
 PLAIN = "plain"
 
@@ -64,7 +64,7 @@ def measure(model, prompts: list[torch.Tensor], candidates: dict, max_new_tokens
     ``candidates`` maps a name to a drafter; decoding is greedy and interleaved (see the module's doc).
     """
     names = [PLAIN, *candidates]
-    seconds = {name: [[] for _ in prompts] for name in names}
+    runs = {name: [[] for _ in prompts] for name in names}  # [prompt][round] = (tokens, seconds)
     tokens, steps, outputs = dict.fromkeys(names, 0), dict.fromkeys(names, 0), {}
     for repeat in range(repeats + 1):  # round 0 warms up and is not timed
         for p, ids in enumerate(prompts):
@@ -79,18 +79,16 @@ def measure(model, prompts: list[torch.Tensor], candidates: dict, max_new_tokens
                 outputs.setdefault((p, name), generated)
                 if repeat == 0:
                     continue
-                seconds[name][p].append(elapsed)
+                runs[name][p].append((len(generated), elapsed))
                 tokens[name] += len(generated)
                 steps[name] += out.stats.steps
-    total = {name: sum(statistics.median(per_prompt) for per_prompt in seconds[name]) for name in names}
     for name in candidates:
         for p in range(len(prompts)):
             if outputs[(p, name)] != outputs[(p, PLAIN)]:
                 raise RuntimeError(f"tree {name} changed the greedy output of prompt {p}: the drafter is broken")
-    per_round = {name: tokens[name] / repeats for name in names}
+    rate = {name: chunked_throughput(runs[name]) for name in names}
     return [{"tree": name, "tokens_per_step": round(tokens[name] / max(steps[name], 1), 3),
-             "tokens_per_second": round(per_round[name] / total[name], 2),
-             "speed_vs_plain": round((per_round[name] / total[name]) / (per_round[PLAIN] / total[PLAIN]), 3)}
+             "tokens_per_second": round(rate[name], 2), "speed_vs_plain": round(rate[name] / rate[PLAIN], 3)}
             for name in names]
 
 
@@ -137,8 +135,8 @@ def main(argv: list[str] | None = None) -> None:
     for prompt in load_prompts(per_category=2):  # the last one seen per category is its second
         second[prompt.category] = prompt
     prompts = [encode(tokenizer, p.messages) for p in second.values()]
-    candidates = {name_of(t): drafters.Chimera.from_pretrained(args.artifact, model, dtype=args.dtype,
-                                                               **tree_options(*t)) for t in trees}
+    draft = drafters.Chimera.from_pretrained(args.artifact, model, dtype=args.dtype).draft  # loaded once, shared
+    candidates = {name_of(t): drafters.Chimera(draft, **tree_options(*t)) for t in trees}
     rows = measure(model, prompts, candidates, args.max_new_tokens, args.repeats)
     print(json.dumps({"threads": torch.get_num_threads(), "prompts": len(prompts), "rows": rows}, indent=1))
     command = "python -m specdec.bench.tree_choice " + " ".join(argv if argv is not None else sys.argv[1:])
