@@ -16,7 +16,8 @@ Measured inside a SmolLM2-135M verification (2 threads, context 200, ``F.linear`
 16: 90.1 / 88.9 (one Hugging Face step: 57.7 ms).  Hence ``MAX_ROWS = 8``: the layers' matrices
 are small enough that beyond a few rows ``F.linear``'s blocked kernel catches up.  Results differ
 from ``F.linear``'s only by float rounding.
-Not thread-safe: do not run the same model in other threads meanwhile.
+Not thread-safe: do not run the same model in other threads meanwhile.  Plain Llama targets skip
+this and run :class:`~specdec.lean_llama.LeanLlama`, which calls the same product directly.
 """
 from __future__ import annotations
 

@@ -19,6 +19,10 @@ def test_few_rows_match_linear_for_every_row_count_and_shape():
     with torch.no_grad():
         assert torch.allclose(few_rows_product(head.weight, torch.ones(1, 16, dtype=torch.float64)),
                               head.weight.sum(1)[None], atol=1e-12)
+        for rows in range(1, 7):  # padded row counts (PADDED_ROWS) give back exactly their own rows
+            hidden = torch.randn(rows, 16, dtype=torch.float64)
+            out = few_rows_product(head.weight, hidden)
+            assert out.shape == (rows, 40) and torch.allclose(out, hidden @ head.weight.T, atol=1e-12)
 
 
 def test_subset_head_few_rows_match_its_full_product():

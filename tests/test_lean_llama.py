@@ -10,7 +10,8 @@ from conftest import tiny_llama
 
 import specdec
 from specdec import drafters
-from specdec.drafters import draft_cache, lean_llama
+from specdec import lean_llama
+from specdec.drafters import draft_cache
 
 VOCAB = 64
 
@@ -78,4 +79,4 @@ def test_fused_weights_are_built_once_and_follow_weight_changes():
         draft.model.layers[0].self_attn.q_proj.weight.mul_(2.0)
     again = lean_llama.LeanLlama.for_model(draft)
     assert again is not first
-    assert torch.equal(again.layers[0]["qkv"][:32], draft.model.layers[0].self_attn.q_proj.weight)
+    assert torch.equal(again.layers[0]["qkv"][0][:32], draft.model.layers[0].self_attn.q_proj.weight)

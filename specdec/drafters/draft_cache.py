@@ -23,7 +23,7 @@ from ..head import logits as head_logits
 from ..kv import RaggedCache
 from ..tree import DraftTree, additive_mask
 from .base import CommitUpdate
-from .lean_llama import LeanLlama, supports
+from ..lean_llama import LeanLlama, supports
 
 
 class DraftCache:

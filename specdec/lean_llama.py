@@ -1,4 +1,4 @@
-"""A Llama decoder's forward for drafting, without Hugging Face's per-call machinery.
+"""A Llama decoder's forward for decoding, without Hugging Face's per-call machinery.
 
 A small draft LM spends most of a drafted token outside its arithmetic: measured on the
 development machine (2 threads, the 2-layer, 256-wide draft of ``artifacts/``), Hugging Face's
@@ -7,8 +7,10 @@ products are about 0.1 ms; the rest is mask building, rotary and output plumbing
 small modules.  :class:`LeanLlama` runs the same mathematics from the same weights: q, k and v in
 one product, gate and up in one, rotary from the model's own rotary module, and
 ``scaled_dot_product_attention`` over :class:`~specdec.kv.BufferLayer` caches.  It is used by
-:class:`~specdec.drafters.draft_cache.DraftCache` for plain Llama drafts (``supports``) and is
-held equal to ``LlamaModel`` by ``tests/test_lean_llama.py``; other families run through their
+:class:`~specdec.drafters.draft_cache.DraftCache` for plain Llama drafts (``supports``) and by
+:class:`~specdec.target.Target` for plain Llama targets (SmolLM2-135M, 2 threads: one token
+28 against 20 ms through ``LlamaModel``), and is held equal to ``LlamaModel`` by
+``tests/test_lean_llama.py`` and ``tests/test_lean_target.py``; other families run through their
 own Hugging Face forward.
 """
 from __future__ import annotations
@@ -17,7 +19,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from ..head import linear
+from .head import FEW_ROWS, linear
 
 # scaled_dot_product_attention broadcasts grouped key/value heads itself from torch 2.5 on
 _SDPA_GQA = tuple(int(x) for x in torch.__version__.split("+")[0].split(".")[:2]) >= (2, 5)
@@ -35,16 +37,20 @@ class LeanLlama:
     """``model.get_decoder()``'s last hidden states, computed from its weights (fused once, at construction)."""
 
     @classmethod
-    def for_model(cls, model: nn.Module) -> "LeanLlama":
+    def for_model(cls, model: nn.Module, fuse: bool = True) -> "LeanLlama":
         """The LeanLlama of ``model``, built once and rebuilt only when its weights change (not per decode)."""
         weights = tuple((p.data_ptr(), p._version) for p in model.parameters())
-        built = model.__dict__.get("_specdec_lean")  # kept on the model: it lives and dies with it
+        key = "_specdec_lean" if fuse else "_specdec_lean_unfused"
+        built = model.__dict__.get(key)  # kept on the model: it lives and dies with it
         if built is None or built[0] != weights:
-            built = (weights, cls(model))
-            model.__dict__["_specdec_lean"] = built
+            built = (weights, cls(model, fuse))
+            model.__dict__[key] = built
         return built[1]
 
-    def __init__(self, model: nn.Module):
+    def __init__(self, model: nn.Module, fuse: bool = True):
+        """``fuse``: q, k, v (and gate, up) as one product each, from concatenated copies of their weights
+        (fewer, larger products; costs a copy of those weights).  Unfused, the model's own weights are
+        used as they are, with no extra memory."""
         if not supports(model):
             raise ValueError(f"LeanLlama runs plain Llama models, not {getattr(model.config, 'model_type', '?')}")
         decoder = model.get_decoder()
@@ -54,16 +60,19 @@ class LeanLlama:
         self.kv_heads = config.num_key_value_heads
         self.head_dim = getattr(config, "head_dim", None) or config.hidden_size // self.heads
         self.eps = config.rms_norm_eps
+        self.intermediate = config.intermediate_size
         with torch.no_grad():
-            self.layers = [self._fused(layer) for layer in decoder.layers]
+            self.layers = [self._weights(layer, fuse) for layer in decoder.layers]
 
     @staticmethod
-    def _fused(layer: nn.Module) -> dict:
+    def _weights(layer: nn.Module, fuse: bool) -> dict:
         attn, mlp = layer.self_attn, layer.mlp
+        qkv = [attn.q_proj.weight, attn.k_proj.weight, attn.v_proj.weight]
+        gate_up = [mlp.gate_proj.weight, mlp.up_proj.weight]
         return {
-            "qkv": torch.cat([attn.q_proj.weight, attn.k_proj.weight, attn.v_proj.weight]).contiguous(),
+            "qkv": [torch.cat(qkv).contiguous()] if fuse else qkv,
             "o": attn.o_proj.weight,
-            "gate_up": torch.cat([mlp.gate_proj.weight, mlp.up_proj.weight]).contiguous(),
+            "gate_up": [torch.cat(gate_up).contiguous()] if fuse else gate_up,
             "down": mlp.down_proj.weight,
             "norm_in": layer.input_layernorm.weight,
             "norm_post": layer.post_attention_layernorm.weight,
@@ -77,8 +86,11 @@ class LeanLlama:
 
     @torch.no_grad()
     def __call__(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None,
-                 position_ids: torch.Tensor, cache) -> torch.Tensor:
+                 position_ids: torch.Tensor, cache, few_rows: int = FEW_ROWS) -> torch.Tensor:
         """Hidden states [B, T, H] of ``input_ids`` [B, T] appended to ``cache`` (a RaggedCache's layers).
+
+        Products of at most ``few_rows`` rows (tokens over the batch) take :func:`specdec.head.linear`'s
+        ``W @ x.T`` path.
 
         ``attention_mask``: None (every cached entry real; the new tokens causal among themselves),
         [B, C + T] with 1 for real entries (padding; causal over the new tokens), or a 4D additive
@@ -93,15 +105,15 @@ class LeanLlama:
         q_size, kv_size = self.heads * self.head_dim, self.kv_heads * self.head_dim
         for layer, weights in zip(cache, self.layers):
             x = self._norm(hidden, weights["norm_in"])
-            q, k, v = linear(x, weights["qkv"]).split([q_size, kv_size, kv_size], dim=-1)
+            q, k, v = _products(x, weights["qkv"], [q_size, kv_size, kv_size], few_rows)
             q = _rotate(q.view(b, t, self.heads, self.head_dim).transpose(1, 2), cos, sin)
             k = _rotate(k.view(b, t, self.kv_heads, self.head_dim).transpose(1, 2), cos, sin)
             keys, values = layer.update(k, v.view(b, t, self.kv_heads, self.head_dim).transpose(1, 2))
             attended = _attention(q, keys, values, mask, self.heads // self.kv_heads)
-            hidden = hidden + linear(attended.transpose(1, 2).reshape(b, t, q_size), weights["o"])
+            hidden = hidden + linear(attended.transpose(1, 2).reshape(b, t, q_size), weights["o"], None, few_rows)
             x = self._norm(hidden, weights["norm_post"])
-            gate, up = linear(x, weights["gate_up"]).chunk(2, dim=-1)
-            hidden = hidden + linear(F.silu(gate) * up, weights["down"])
+            gate, up = _products(x, weights["gate_up"], [self.intermediate] * 2, few_rows)
+            hidden = hidden + linear(F.silu(gate) * up, weights["down"], None, few_rows)
         return self._norm(hidden, self.decoder.norm.weight)
 
     @staticmethod
@@ -118,6 +130,13 @@ class LeanLlama:
         itself = torch.zeros_like(causal)
         itself[:, past:] = torch.eye(t, dtype=torch.bool, device=like.device)
         return (causal[None, None] & attention_mask.bool()[:, None, None, :]) | itself
+
+
+def _products(x: torch.Tensor, weights: list[torch.Tensor], sizes: list[int], few_rows: int):
+    """x times each of ``weights`` (one fused matrix, split into ``sizes``, or one matrix per output)."""
+    if len(weights) == 1:
+        return linear(x, weights[0], None, few_rows).split(sizes, dim=-1)
+    return [linear(x, w, None, few_rows) for w in weights]
 
 
 def _attention(q, keys, values, mask, groups: int) -> torch.Tensor:
