@@ -1,4 +1,5 @@
 """Verifying a draft tree in one forward equals decoding each of its paths incrementally."""
+import pytest
 import torch
 
 from conftest import tiny_llama
@@ -95,3 +96,58 @@ def test_lazy_greedy_targets_agree_with_full_argmax():
         assert torch.equal(lazy[reached], full[reached])
         assert greedy_accept(tree, lazy).paths == greedy_accept(tree, full).paths
         assert torch.equal(greedy_accept(tree, lazy).next_tokens, greedy_accept(tree, full).next_tokens)
+
+
+class CountingVerification:
+    """A verification that records the slots of every head call."""
+
+    def __init__(self, verification):
+        self.inner, self.calls = verification, []
+
+    def logits_at(self, slots):
+        self.calls.append(slots.tolist())
+        return self.inner.logits_at(slots)
+
+
+@pytest.mark.parametrize("batch", [1, 2, 3, 5])
+@pytest.mark.parametrize("shape", ["chain", "tree"])
+def test_greedy_targets_agree_with_full_argmax_across_batches(batch, shape):
+    """Chains and trees, every batch size: the lazy targets give the full argmax's acceptance,
+    the first head call covers the root and as many slots as stay cheap, and no slot is computed twice."""
+    from specdec.acceptance import CHEAP_HEAD_ROWS, greedy_accept, greedy_targets
+
+    model = tiny_llama(16, seed=7)
+    prompt = torch.randint(1, 16, (batch, 5), generator=torch.Generator().manual_seed(batch))
+    g = torch.Generator().manual_seed(1)
+    parents = torch.tensor([-1, 0, 1, 2, 3, 4]) if shape == "chain" else torch.tensor([-1, -1, 0, 0, 2, 4])
+    path = [0, 1, 2, 3, 4, 5] if shape == "chain" else [0, 2, 4, 5]  # a root-to-leaf path, parents first
+    accepted = set()
+    for trial in range(12):
+        tokens = torch.randint(0, 16, (batch, 6), generator=g)
+        matches = [(r + trial) % (len(path) + 1) for r in range(batch)]  # row r matches this many path nodes
+
+        def verified():
+            tree = DraftTree(tokens, parents) if shape == "tree" else DraftTree.chain(tokens)
+            target = Target(model)
+            root, _ = target.prefill(prompt, torch.ones_like(prompt))
+            return tree, target.verify(root, tree)
+
+        for _ in range(len(path)):  # a node's target depends on its ancestors: fix them one level per round
+            tree, verification = verified()
+            full = verification.logits.argmax(-1)
+            for r, m in enumerate(matches):
+                for i, node in enumerate(path[:m]):
+                    tokens[r, node] = full[r, 0 if i == 0 else path[i - 1] + 1]
+        tree, verification = verified()
+        full = verification.logits.argmax(-1)
+        counting = CountingVerification(verification)
+        lazy = greedy_targets(tree, counting)
+        reached = lazy >= 0
+        assert torch.equal(lazy[reached], full[reached])
+        ours, theirs = greedy_accept(tree, lazy), greedy_accept(tree, full)
+        assert ours.paths == theirs.paths and torch.equal(ours.next_tokens, theirs.next_tokens)
+        accepted.update(len(p) for p in theirs.paths)
+        assert counting.calls[0] == list(range(min(7, max(1, CHEAP_HEAD_ROWS // batch))))
+        computed = [s for call in counting.calls for s in call]
+        assert len(computed) == len(set(computed))  # no slot's logits computed twice
+    assert len(accepted) >= 3  # the trials reached short and long accepted paths
