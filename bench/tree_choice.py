@@ -1,4 +1,4 @@
-"""``python -m specdec.bench.tree_choice ARTIFACT``: a Chimera draft's default tree, chosen by measurement.
+"""``python -m specdec.bench.tree_choice ARTIFACT``: a trained drafter's tree or chain, chosen by measurement.
 
 A deeper or wider tree accepts more tokens per step but makes the verification forward and the
 draft dearer; where the two cross depends on the draft's acceptance and on the machine.  This
@@ -10,7 +10,13 @@ plain decoding (per-prompt medians of the rounds, summed: :func:`specdec.bench.s
 plain decoding's; a difference stops the run.  ``--write`` stores the fastest tree in the
 artifact's ``card.json`` (``tree``) with the table (``tree_choice``).  Run it on a quiet machine.
 
+The artifact's card says what it is.  A Chimera draft's candidates are DEPTH:NODES trees
+(``--trees``); Medusa heads' are node budgets and a distilled draft's are chain lengths
+(``--sizes``), measured the same way and only reported: their settings live in
+``configs/drafter/`` (``max_nodes``, ``tree_budget``).
+
     python -m specdec.bench.tree_choice artifacts/chimera-smollm2-135m-instruct --trees 1:1,2:3,3:4,4:8 --write
+    python -m specdec.bench.tree_choice artifacts/medusa-smollm2-135m-instruct --sizes 1,2,3,4
 """
 from __future__ import annotations
 
@@ -46,6 +52,33 @@ def parse_trees(text: str) -> list[tuple[int, int]]:
     if len(set(trees)) != len(trees):
         raise ValueError(f"trees {text!r} repeat a candidate")
     return trees
+
+
+def parse_sizes(text: str) -> list[int]:
+    """``"1,2,4"`` -> ``[1, 2, 4]``: node budgets (Medusa) or chain lengths (a draft model), each >= 1."""
+    sizes = []
+    for item in text.split(","):
+        if not item.strip().isdigit() or int(item) < 1:
+            raise ValueError(f"size {item.strip()!r} is not a whole number >= 1")
+        sizes.append(int(item))
+    if len(set(sizes)) != len(sizes):
+        raise ValueError(f"sizes {text!r} repeat a candidate")
+    return sizes
+
+
+def candidates_for(card: dict, artifact: Path, model, args) -> dict:
+    """Named drafters to compare, built from the artifact its card describes."""
+    kind = card.get("kind", "")
+    if kind == "chimera":
+        draft = drafters.Chimera.from_pretrained(artifact, model, dtype=args.dtype).draft  # loaded once, shared
+        return {name_of(t): drafters.Chimera(draft, **tree_options(*t)) for t in parse_trees(args.trees)}
+    if kind == "medusa":
+        return {f"{n} nodes": drafters.Medusa.from_pretrained(artifact, model, max_nodes=n)
+                for n in parse_sizes(args.sizes)}
+    if kind.startswith("specdec-draft"):
+        draft = drafters.load_draft_model(model, artifact)
+        return {f"chain {k}": drafters.DraftModel(draft, num_tokens=k) for k in parse_sizes(args.sizes)}
+    raise ValueError(f"{artifact}: card kind {kind!r} is not a Chimera, Medusa or distilled-draft artifact")
 
 
 def tree_options(depth: int, nodes: int) -> dict:
@@ -93,7 +126,7 @@ def measure(model, prompts: list[torch.Tensor], candidates: dict, max_new_tokens
 
 
 def fastest(rows: list[dict]) -> str:
-    """The candidate tree (never plain decoding) with the highest throughput."""
+    """The candidate (never plain decoding) with the highest throughput."""
     trees = [row for row in rows if row["tree"] != PLAIN]
     if not trees:
         raise ValueError("no candidate tree was measured")
@@ -121,22 +154,24 @@ def write_choice(folder: Path, rows: list[dict], command: str) -> dict:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("artifact", type=Path, help="a Chimera artifact folder (chimera.safetensors + card.json)")
-    parser.add_argument("--trees", default="1:1,1:2,2:2,2:3,3:3,3:4,4:6", help="DEPTH:NODES candidates")
+    parser.add_argument("artifact", type=Path, help="a Chimera, Medusa or distilled-draft artifact folder")
+    parser.add_argument("--trees", default="1:1,1:2,1:3,2:2,2:3,3:3,3:4,4:6", help="Chimera: DEPTH:NODES candidates")
+    parser.add_argument("--sizes", default="1,2,3,4", help="Medusa: node budgets; a distilled draft: chain lengths")
     parser.add_argument("--max-new-tokens", type=int, default=48)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--dtype", default="float16", help="the draft's precision (configs/drafter/chimera.yaml's)")
     parser.add_argument("--write", action="store_true", help="store the fastest tree in the artifact's card")
     args = parser.parse_args(argv)
-    trees = parse_trees(args.trees)
     card = json.loads((args.artifact / "card.json").read_text(encoding="utf-8"))
+    if args.write and card.get("kind") != "chimera":
+        parser.error("--write stores a Chimera tree; set Medusa's max_nodes and the chain length in configs/drafter/")
+    parse_trees(args.trees) if card.get("kind") == "chimera" else parse_sizes(args.sizes)  # bad candidates fail first
     model, tokenizer = specdec.load_model(card["target"])
     second = {}
     for prompt in load_prompts(per_category=2):  # the last one seen per category is its second
         second[prompt.category] = prompt
     prompts = [encode(tokenizer, p.messages) for p in second.values()]
-    draft = drafters.Chimera.from_pretrained(args.artifact, model, dtype=args.dtype).draft  # loaded once, shared
-    candidates = {name_of(t): drafters.Chimera(draft, **tree_options(*t)) for t in trees}
+    candidates = candidates_for(card, args.artifact, model, args)
     rows = measure(model, prompts, candidates, args.max_new_tokens, args.repeats)
     print(json.dumps({"threads": torch.get_num_threads(), "prompts": len(prompts), "rows": rows}, indent=1))
     command = "python -m specdec.bench.tree_choice " + " ".join(argv if argv is not None else sys.argv[1:])

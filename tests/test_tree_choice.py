@@ -9,7 +9,7 @@ from conftest import tiny_llama
 from test_chimera import random_draft
 
 from specdec import drafters
-from specdec.bench.tree_choice import fastest, measure, parse_trees, tree_options, write_choice
+from specdec.bench.tree_choice import candidates_for, fastest, measure, parse_sizes, parse_trees, tree_options, write_choice
 
 
 def test_trees_are_parsed_strictly():
@@ -55,3 +55,22 @@ def test_a_drafter_that_changes_the_output_stops_the_run(monkeypatch):
         other if drafter is broken else model, ids, drafter, **kw))
     with pytest.raises(RuntimeError, match="changed the greedy output"):
         measure(target, prompts, {"1:1": broken}, max_new_tokens=6, repeats=1)
+
+
+def test_medusa_budgets_and_chain_lengths_are_candidates_too(tmp_path):
+    from argparse import Namespace
+
+    from test_medusa import random_heads, write_artifact
+
+    assert parse_sizes("1, 2,4") == [1, 2, 4]
+    for bad in ("0", "a", "1,1", "2:3"):
+        with pytest.raises(ValueError, match="whole number|repeat"):
+            parse_sizes(bad)
+    target = tiny_llama(64, seed=0, dtype=torch.float64)
+    card = {"kind": "medusa", "tree": [[0]], "top_k_accuracy": [[0.6, 0.2], [0.4, 0.1], [0.3]]}
+    write_artifact(tmp_path / "m", random_heads(target.config.hidden_size, 3, seed=7), card)
+    made = candidates_for(card, tmp_path / "m", target, Namespace(sizes="1,3", trees="1:1", dtype=None))
+    assert list(made) == ["1 nodes", "3 nodes"]
+    assert [len(m.tree) for m in made.values()] == [1, 3]
+    with pytest.raises(ValueError, match="not a Chimera, Medusa or distilled-draft"):
+        candidates_for({"kind": "lora"}, tmp_path, target, Namespace(sizes="1", trees="1:1", dtype=None))
