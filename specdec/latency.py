@@ -245,10 +245,14 @@ def latency_key(model, threads: int | None = None) -> dict:
     name = getattr(model.config, "_name_or_path", None) or type(model).__name__
     size = sum(p.numel() for p in model.parameters())
     from .few_rows import MAX_ROWS
+    from .head import PADDED_ROWS
+    from .lean_llama import supports
 
+    forward = "lean" if supports(model) else "hf"  # the forward Target runs (specdec.target)
+    padded = ",".join(f"{a}>{b}" for a, b in sorted(PADDED_ROWS.items()))
     return {"model": f"{Path(str(name)).name}:{size}", "dtype": str(parameter.dtype).replace("torch.", ""),
             "device": parameter.device.type, "threads": int(threads or torch.get_num_threads()),
-            "linears": f"few-rows<={MAX_ROWS}", "features": FEATURES_VERSION}
+            "linears": f"{forward};few-rows<={MAX_ROWS};pad {padded}", "features": FEATURES_VERSION}
 
 
 def default_path(key: dict) -> Path:
