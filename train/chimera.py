@@ -31,6 +31,7 @@ from specdec.heads.chimera import ChimeraConfig
 from specdec.heads.chimera_flax import ChimeraFlax, to_tensors
 
 from .vocabulary import setup, vocabulary_report
+from .command import command_line
 from .loop import TrainConfig, train
 from .packing import BASE_KEYS, PackedTeacher, load_arrays
 
@@ -142,7 +143,7 @@ def main(cfg: DictConfig) -> None:
                      "depths": depths, "alpha": float(cfg.alpha), "decay": float(cfg.decay),
                      "seconds": round(result.seconds), "jax_devices": jax.device_count()},
         "losses": {"history": result.history, "heldout": final},
-        "command": "python -m specdec.train.chimera",
+        "command": command_line("specdec.train.chimera"),
     }
     folder = Path(hydra.utils.to_absolute_path(cfg.export_dir))
     export(result.params, config, token_ids, folder, card)

@@ -35,6 +35,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from specdec.heads.llama_flax import DraftConfig, LlamaDraft, config_from_hf, export_reduced
 
+from .command import command_line
 from .loop import TrainConfig, train
 from .packing import PackedTeacher, load_arrays, mixed_batch
 from .vocabulary import setup, vocabulary_report
@@ -182,7 +183,7 @@ def main(cfg: DictConfig) -> None:
             "training": {"steps": result.step, "batch_size": tcfg.batch_size, "learning_rate": tcfg.learning_rate,
                          "alpha": float(cfg.alpha), "seconds": round(result.seconds), "jax_devices": jax.device_count()},
             "losses": {"history": result.history, "heldout": final},
-            "command": "python -m specdec.train.draft"}
+            "command": command_line("specdec.train.draft")}
     folder = Path(hydra.utils.to_absolute_path(cfg.export_dir))
     export_reduced(result.params, config, token_ids, folder, extra=card)
     if cfg.measure.enabled:

@@ -29,6 +29,7 @@ from omegaconf import DictConfig, OmegaConf
 from specdec.heads.medusa_flax import MedusaHeadsFlax, to_tensors
 
 from .vocabulary import setup, vocabulary_report
+from .command import command_line
 from .loop import TrainConfig, train
 
 log = logging.getLogger("specdec.train.medusa")
@@ -204,7 +205,7 @@ def main(cfg: DictConfig) -> None:
         "top_k_accuracy": accuracy,
         "tree": [list(p) for p in tree],
         "tree_expected_accepted": expected_accepted(tree, accuracy),
-        "command": "python -m specdec.train.medusa",
+        "command": command_line("specdec.train.medusa"),
     }
     folder = Path(hydra.utils.to_absolute_path(cfg.export_dir))
     export(params, token_ids, folder, card)
