@@ -94,11 +94,10 @@ def train(loss_fn: Callable, params, batch_at: Callable[[int], dict], cfg: Train
     opt_state = tx.init(params)
     start, history = 0, []
     if checkpoint is not None and Path(checkpoint).is_file():
-        state = serialization.from_bytes({"params": params, "opt_state": opt_state, "step": 0, "history": []},
-                                         Path(checkpoint).read_bytes())
-        params = jax.device_put(state["params"], replicated)
-        opt_state = jax.device_put(state["opt_state"], replicated)
-        start, history = int(state["step"]), _history(state["history"])
+        state = serialization.msgpack_restore(Path(checkpoint).read_bytes())  # history: any length
+        params = jax.device_put(serialization.from_state_dict(params, state["params"]), replicated)
+        opt_state = jax.device_put(serialization.from_state_dict(opt_state, state["opt_state"]), replicated)
+        start, history = int(state["step"]), _history(state.get("history", {}))
     step_fn = make_step(loss_fn, tx, mesh)
     bar = tqdm(total=cfg.steps, initial=start, desc="train", unit="step", disable=not progress, dynamic_ncols=True)
     started, shown, loss = time.perf_counter(), {}, None
