@@ -66,18 +66,21 @@ def parse_sizes(text: str) -> list[int]:
     return sizes
 
 
-def candidates_for(card: dict, artifact: Path, model, args) -> dict:
-    """Named drafters to compare, built from the artifact its card describes."""
+def candidates_for(card: dict, artifact: Path, model, choices: list, dtype=None) -> dict:
+    """Named drafters to compare, built from the artifact its card describes.
+
+    ``choices``: (depth, nodes) trees for a Chimera draft (:func:`parse_trees`), node budgets for
+    Medusa or chain lengths for a distilled draft (:func:`parse_sizes`); ``dtype``: Chimera's precision.
+    """
     kind = card.get("kind", "")
     if kind == "chimera":
-        draft = drafters.Chimera.from_pretrained(artifact, model, dtype=args.dtype).draft  # loaded once, shared
-        return {name_of(t): drafters.Chimera(draft, **tree_options(*t)) for t in parse_trees(args.trees)}
+        draft = drafters.Chimera.from_pretrained(artifact, model, dtype=dtype).draft  # loaded once, shared
+        return {name_of(t): drafters.Chimera(draft, **tree_options(*t)) for t in choices}
     if kind == "medusa":
-        return {f"{n} nodes": drafters.Medusa.from_pretrained(artifact, model, max_nodes=n)
-                for n in parse_sizes(args.sizes)}
+        return {f"{n} nodes": drafters.Medusa.from_pretrained(artifact, model, max_nodes=n) for n in choices}
     if kind.startswith("specdec-draft"):
         draft = drafters.load_draft_model(model, artifact)
-        return {f"chain {k}": drafters.DraftModel(draft, num_tokens=k) for k in parse_sizes(args.sizes)}
+        return {f"chain {k}": drafters.DraftModel(draft, num_tokens=k) for k in choices}
     raise ValueError(f"{artifact}: card kind {kind!r} is not a Chimera, Medusa or distilled-draft artifact")
 
 
@@ -165,13 +168,13 @@ def main(argv: list[str] | None = None) -> None:
     card = json.loads((args.artifact / "card.json").read_text(encoding="utf-8"))
     if args.write and card.get("kind") != "chimera":
         parser.error("--write stores a Chimera tree; set Medusa's max_nodes and the chain length in configs/drafter/")
-    parse_trees(args.trees) if card.get("kind") == "chimera" else parse_sizes(args.sizes)  # bad candidates fail first
+    choices = parse_trees(args.trees) if card.get("kind") == "chimera" else parse_sizes(args.sizes)  # before loading
     model, tokenizer = specdec.load_model(card["target"])
     second = {}
     for prompt in load_prompts(per_category=2):  # the last one seen per category is its second
         second[prompt.category] = prompt
     prompts = [encode(tokenizer, p.messages) for p in second.values()]
-    candidates = candidates_for(card, args.artifact, model, args)
+    candidates = candidates_for(card, args.artifact, model, choices, args.dtype)
     rows = measure(model, prompts, candidates, args.max_new_tokens, args.repeats)
     print(json.dumps({"threads": torch.get_num_threads(), "prompts": len(prompts), "rows": rows}, indent=1))
     command = "python -m specdec.bench.tree_choice " + " ".join(argv if argv is not None else sys.argv[1:])

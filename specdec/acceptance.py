@@ -281,13 +281,12 @@ def greedy_targets(tree: DraftTree, verification: Verification) -> torch.Tensor:
         parent_ok = torch.cat([always, reached], 1).gather(1, slots)
         hit = (tree.depth == depth) & parent_ok & valid & (tree.tokens == expected)
         reached |= hit
+        if not bool(hit.any()):
+            break
         need = hit.any(dim=0).nonzero().squeeze(-1)
         need = need[need + 1 >= first]  # slots the first call did not cover
-        if need.numel() == 0:
-            if not bool(hit.any()):
-                break
-            continue
-        targets[:, need + 1] = verification.logits_at(need + 1).argmax(-1)
+        if need.numel():
+            targets[:, need + 1] = verification.logits_at(need + 1).argmax(-1)
     return targets
 
 

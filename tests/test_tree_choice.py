@@ -58,8 +58,6 @@ def test_a_drafter_that_changes_the_output_stops_the_run(monkeypatch):
 
 
 def test_medusa_budgets_and_chain_lengths_are_candidates_too(tmp_path):
-    from argparse import Namespace
-
     from test_medusa import random_heads, write_artifact
 
     assert parse_sizes("1, 2,4") == [1, 2, 4]
@@ -69,8 +67,8 @@ def test_medusa_budgets_and_chain_lengths_are_candidates_too(tmp_path):
     target = tiny_llama(64, seed=0, dtype=torch.float64)
     card = {"kind": "medusa", "tree": [[0]], "top_k_accuracy": [[0.6, 0.2], [0.4, 0.1], [0.3]]}
     write_artifact(tmp_path / "m", random_heads(target.config.hidden_size, 3, seed=7), card)
-    made = candidates_for(card, tmp_path / "m", target, Namespace(sizes="1,3", trees="1:1", dtype=None))
+    made = candidates_for(card, tmp_path / "m", target, parse_sizes("1,3"))
     assert list(made) == ["1 nodes", "3 nodes"]
     assert [len(m.tree) for m in made.values()] == [1, 3]
     with pytest.raises(ValueError, match="not a Chimera, Medusa or distilled-draft"):
-        candidates_for({"kind": "lora"}, tmp_path, target, Namespace(sizes="1", trees="1:1", dtype=None))
+        candidates_for({"kind": "lora"}, tmp_path, target, [1])
