@@ -23,6 +23,12 @@ from .head import FEW_ROWS, linear
 
 # scaled_dot_product_attention broadcasts grouped key/value heads itself from torch 2.5 on
 _SDPA_GQA = tuple(int(x) for x in torch.__version__.split("+")[0].split(".")[:2]) >= (2, 5)
+# rotary types whose angles depend on the position only (not on the sequence length): their cos/sin
+# can be computed once per position and looked up (Hugging Face's "dynamic" and "longrope" rescale)
+STATIC_ROPE = {"default", "linear", "llama3"}
+# F.rms_norm equals LlamaRMSNorm bit for bit in float32 (it normalises in the input's dtype;
+# LlamaRMSNorm in float32 whatever the input)
+_FUSED_NORM_DTYPES = {torch.float32}
 
 
 def supports(model: nn.Module) -> bool:
@@ -61,6 +67,8 @@ class LeanLlama:
         self.head_dim = getattr(config, "head_dim", None) or config.hidden_size // self.heads
         self.eps = config.rms_norm_eps
         self.intermediate = config.intermediate_size
+        self.fused = fuse
+        self.rotary = RotaryTable(decoder.rotary_emb)
         with torch.no_grad():
             self.layers = [self._weights(layer, fuse) for layer in decoder.layers]
 
@@ -80,6 +88,8 @@ class LeanLlama:
 
     def _norm(self, hidden: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         dtype = hidden.dtype
+        if dtype in _FUSED_NORM_DTYPES and weight.dtype == dtype:
+            return F.rms_norm(hidden, weight.shape, weight, self.eps)  # one call instead of six
         hidden = hidden.to(torch.float32)  # as LlamaRMSNorm does, whatever the model's dtype
         hidden = hidden * torch.rsqrt(hidden.pow(2).mean(-1, keepdim=True) + self.eps)
         return weight * hidden.to(dtype)
@@ -98,16 +108,21 @@ class LeanLlama:
         """
         b, t = input_ids.shape
         hidden = self.decoder.embed_tokens(input_ids)
-        cos, sin = self.decoder.rotary_emb(hidden, position_ids)
+        cos, sin = self.rotary(hidden, position_ids)
         cos, sin = cos[:, None], sin[:, None]  # [B, 1, T, D]
         past = cache[0].get_seq_length()
         mask = self._mask(attention_mask, b, t, past, hidden)
         q_size, kv_size = self.heads * self.head_dim, self.kv_heads * self.head_dim
         for layer, weights in zip(cache, self.layers):
             x = self._norm(hidden, weights["norm_in"])
-            q, k, v = _products(x, weights["qkv"], [q_size, kv_size, kv_size], few_rows)
-            q = _rotate(q.view(b, t, self.heads, self.head_dim).transpose(1, 2), cos, sin)
-            k = _rotate(k.view(b, t, self.kv_heads, self.head_dim).transpose(1, 2), cos, sin)
+            if self.fused:  # q and k rotated as one tensor (half the calls)
+                qk, v = linear(x, weights["qkv"][0], None, few_rows).split([q_size + kv_size, kv_size], dim=-1)
+                qk = _rotate(qk.view(b, t, self.heads + self.kv_heads, self.head_dim).transpose(1, 2), cos, sin)
+                q, k = qk.split([self.heads, self.kv_heads], dim=1)
+            else:
+                q, k, v = _products(x, weights["qkv"], [q_size, kv_size, kv_size], few_rows)
+                q = _rotate(q.view(b, t, self.heads, self.head_dim).transpose(1, 2), cos, sin)
+                k = _rotate(k.view(b, t, self.kv_heads, self.head_dim).transpose(1, 2), cos, sin)
             keys, values = layer.update(k, v.view(b, t, self.kv_heads, self.head_dim).transpose(1, 2))
             attended = _attention(q, keys, values, mask, self.heads // self.kv_heads)
             hidden = hidden + linear(attended.transpose(1, 2).reshape(b, t, q_size), weights["o"], None, few_rows)
@@ -130,6 +145,34 @@ class LeanLlama:
         itself = torch.zeros_like(causal)
         itself[:, past:] = torch.eye(t, dtype=torch.bool, device=like.device)
         return (causal[None, None] & attention_mask.bool()[:, None, None, :]) | itself
+
+
+class RotaryTable:
+    """A rotary embedding's cos and sin [B, T, D] at ``position_ids``, looked up from a table of every position.
+
+    Hugging Face's rotary module recomputes the angles at every call (several small operations); the
+    table is built by that same module over positions 0..n-1 (so it holds the same numbers, bit for
+    bit: each angle is one product of a position and a frequency), and grows when a position
+    passes its end.  Rotary types whose angles depend on the sequence length call the module.
+    """
+
+    def __init__(self, rotary: nn.Module):
+        self.rotary = rotary
+        self.static = getattr(rotary, "rope_type", "default") in STATIC_ROPE
+        self.tables: dict = {}  # (dtype, device) -> (cos [n, D], sin [n, D])
+
+    def __call__(self, like: torch.Tensor, position_ids: torch.Tensor):
+        if not self.static:
+            return self.rotary(like, position_ids)
+        key = (like.dtype, like.device)
+        table = self.tables.get(key)
+        needed = int(position_ids.max()) + 1 if position_ids.numel() else 1
+        if table is None or table[0].shape[0] < needed:
+            size = max(needed, 2 * table[0].shape[0] if table is not None else 1024)
+            positions = torch.arange(size, device=like.device)[None]
+            cos, sin = self.rotary(like[:1, :1], positions)
+            table = self.tables[key] = (cos[0], sin[0])
+        return F.embedding(position_ids, table[0]), F.embedding(position_ids, table[1])
 
 
 def _products(x: torch.Tensor, weights: list[torch.Tensor], sizes: list[int], few_rows: int):

@@ -20,10 +20,10 @@ def _recorded_runs(monkeypatch, target, make_drafter, ids, mask, lean: bool) -> 
     outputs = []
     original = draft_cache.DraftCache._lm
 
-    def recording(self, logits_to_keep):
+    def recording(self, logits_to_keep, subset=False):
         if not lean:
             self.lean = None
-        run = original(self, logits_to_keep)
+        run = original(self, logits_to_keep, subset)
 
         def wrapped(*args):
             out = run(*args)
@@ -80,3 +80,31 @@ def test_fused_weights_are_built_once_and_follow_weight_changes():
     again = lean_llama.LeanLlama.for_model(draft)
     assert again is not first
     assert torch.equal(again.layers[0]["qkv"][0][:32], draft.model.layers[0].self_attn.q_proj.weight)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_rotary_table_holds_the_modules_numbers_and_grows(dtype):
+    model = tiny_llama(VOCAB, dtype=dtype)
+    rotary = model.model.rotary_emb
+    table = lean_llama.RotaryTable(rotary)
+    assert table.static
+    like = torch.zeros(2, 3, 32, dtype=dtype)
+    for positions in (torch.tensor([[0, 5, 9], [3, 4, 1000]]), torch.tensor([[1023, 1024, 4000], [7, 2, 0]])):
+        ours, theirs = table(like, positions), rotary(like, positions)
+        assert all(torch.equal(a, b) for a, b in zip(ours, theirs))  # bit for bit, before and after growing
+    assert table.tables[(dtype, like.device)][0].shape[0] > 4000
+
+
+def test_rotary_types_that_rescale_with_length_call_the_module():
+    model = tiny_llama(VOCAB, rope_scaling={"rope_type": "dynamic", "factor": 2.0})
+    assert not lean_llama.RotaryTable(model.model.rotary_emb).static
+
+
+def test_float32_norm_equals_llama_rmsnorm_bit_for_bit():
+    model = tiny_llama(VOCAB, dtype=torch.float32, hidden=64, heads=4)
+    with torch.no_grad():
+        model.model.layers[0].input_layernorm.weight.normal_()
+    lean = lean_llama.LeanLlama(model)
+    hidden = torch.randn(3, 5, 64) * 7
+    norm = model.model.layers[0].input_layernorm
+    assert torch.equal(lean._norm(hidden, lean.layers[0]["norm_in"]), norm(hidden))

@@ -69,3 +69,35 @@ def test_coverage_and_top_tokens():
     assert coverage(counts, 2) == 0.8
     assert top_tokens(counts, 2).tolist() == [0, 2]
     assert top_tokens(counts, 2, always=[1]).tolist() == [0, 1]
+
+
+def test_greedy_drafts_from_the_subset_logits_what_the_full_logits_would(monkeypatch):
+    """Greedy DraftModel takes the argmax over the subset's own logits (mapped to target ids) instead of
+    building full-vocabulary logits: it must draft the same tokens as the full-logits path."""
+    from specdec.drafters import draft_model
+
+    target = tiny_llama(64, seed=0, eos_token_id=None)
+    keep = torch.randperm(64, generator=torch.Generator().manual_seed(5))[:40]  # not in id order
+    draft = with_subset_head(tiny_llama(64, seed=1, eos_token_id=None), keep)
+    ids = torch.randint(3, 64, (2, 6), generator=torch.Generator().manual_seed(3))
+
+    def proposals():
+        class Recording(drafters.DraftModel):
+            proposed = []
+
+            def propose(self, request):
+                tree = super().propose(request)
+                self.proposed.append(tree.tokens.clone())
+                return tree
+
+        drafter = Recording(draft, 3)
+        out = specdec.generate(target, ids, drafter, max_new_tokens=20, eos_token_id=[])
+        return out.sequences, drafter.proposed
+
+    sequences, subset_path = proposals()
+    monkeypatch.setattr(draft_model, "SubsetHead", type("NotASubsetHead", (), {}))  # the full-logits path
+    reference, full_path = proposals()
+    assert torch.equal(sequences, reference)
+    assert len(subset_path) == len(full_path) > 3
+    assert all(torch.equal(a, b) for a, b in zip(subset_path, full_path))
+    assert set(torch.cat([p.flatten() for p in subset_path]).tolist()) <= set(keep.tolist())

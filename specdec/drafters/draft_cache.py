@@ -43,7 +43,9 @@ class DraftCache:
         return cls(model.config, pending, input_ids.device, next(model.parameters()).dtype, model)
 
     # ---- a draft LM's forward ------------------------------------------------------------------
-    def _lm(self, logits_to_keep: int) -> Callable:
+    def _lm(self, logits_to_keep: int, subset: bool = False) -> Callable:
+        """A draft LM's forward; its logits over the full vocabulary, or with ``subset`` over its
+        :class:`~specdec.drafters.vocab.SubsetHead`'s tokens only (in the head's order)."""
         def run(tokens, real, positions, mask):
             if not isinstance(tokens, torch.Tensor):  # pending token lists, right-aligned
                 tokens = _right_aligned(tokens, real.shape[1], real.device)
@@ -52,13 +54,15 @@ class DraftCache:
             else:
                 hidden = self.model.get_decoder()(input_ids=tokens, attention_mask=mask, position_ids=positions,
                                                   past_key_values=self.kv.kv, use_cache=True).last_hidden_state
-            return head_logits(self.model, hidden[:, -logits_to_keep:] if logits_to_keep else hidden)
+            hidden = hidden[:, -logits_to_keep:] if logits_to_keep else hidden
+            return self.model.get_output_embeddings().subset_logits(hidden) if subset else head_logits(self.model, hidden)
         return run
 
     # ---- catching up ---------------------------------------------------------------------------
     @torch.no_grad()
-    def catch_up(self, run: Callable | None = None):
-        """Feed every row's pending items; ``run``'s output (default: a draft LM's logits [B, V] at the roots)."""
+    def catch_up(self, run: Callable | None = None, subset: bool = False):
+        """Feed every row's pending items; ``run``'s output (default: a draft LM's logits [B, V] at the
+        roots, or [B, V'] over its subset head's tokens with ``subset``)."""
         counts = [len(p) for p in self.pending]
         width = max(counts)
         if width == 0:
@@ -74,7 +78,7 @@ class DraftCache:
         if self.kv.padded or min(counts) < width:
             mask = torch.cat([self.kv.mask, real], dim=1).long()
         if run is None:
-            out = self._lm(1)(self.pending, real, positions, mask)[:, -1]
+            out = self._lm(1, subset)(self.pending, real, positions, mask)[:, -1]
         else:
             out = run(self.pending, real, positions, mask)
         self.kv.appended(real)
@@ -85,12 +89,13 @@ class DraftCache:
 
     # ---- feeding drafted nodes -------------------------------------------------------------------
     @torch.no_grad()
-    def feed_chain(self, tokens: torch.Tensor) -> torch.Tensor:
-        """Feed the next node [B] of a draft LM's chain (its ancestors fed before); its logits [B, V]."""
+    def feed_chain(self, tokens: torch.Tensor, subset: bool = False) -> torch.Tensor:
+        """Feed the next node [B] of a draft LM's chain (its ancestors fed before); its logits [B, V]
+        (with ``subset``, [B, V'] over its subset head's tokens)."""
         real = torch.ones(tokens.shape[0], 1, dtype=torch.bool, device=tokens.device)
         mask = torch.cat([self.kv.mask, real], dim=1).long() if self.kv.padded else None
         positions = self.kv.lengths[:, None]  # the context and every fed node are on the path
-        logits = self._lm(1)(tokens[:, None], real, positions, mask)[:, -1]
+        logits = self._lm(1, subset)(tokens[:, None], real, positions, mask)[:, -1]
         self.kv.appended(real)
         self.fed_nodes.append(len(self.fed_nodes))
         return logits

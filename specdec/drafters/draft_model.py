@@ -11,6 +11,7 @@ from .base import CommitUpdate, Drafter, DraftRequest, check_same_vocabulary
 from .draft_cache import DraftCache
 from .draft_loading import load_draft_model  # noqa: F401  (public here too)
 from .self_draft import truncated_model
+from .vocab import SubsetHead
 
 
 class DraftModel(Drafter):
@@ -42,14 +43,21 @@ class DraftModel(Drafter):
     @torch.no_grad()
     def propose(self, request: DraftRequest) -> DraftTree:
         depth = request.max_depth
-        logits = self._cache.catch_up()
+        head = self.model.get_output_embeddings()
+        # greedy over a reduced vocabulary: the argmax of the subset's logits, mapped to target ids,
+        # is the argmax of the full logits (-inf elsewhere) without building them
+        subset = head.token_ids if isinstance(head, SubsetHead) and not request.sampling.do_sample else None
+        logits = self._cache.catch_up(subset=subset is not None)
         drafted, laws = [], []
         for step in range(depth):
-            token, law = choose(logits, request.sampling, request.rng)
+            if subset is not None:
+                token, law = subset[logits.argmax(dim=-1)], None
+            else:
+                token, law = choose(logits, request.sampling, request.rng)
             drafted.append(token)
             laws.append(law)
             if step + 1 < depth:
-                logits = self._cache.feed_chain(token)
+                logits = self._cache.feed_chain(token, subset=subset is not None)
         draft_probs = None if laws[0] is None else torch.stack(laws, dim=1)
         return DraftTree.chain(torch.stack(drafted, dim=1), draft_probs)
 
