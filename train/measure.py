@@ -55,7 +55,7 @@ def acceptance(model, tokenizer, make_drafter, per_category: int = 2, max_new_to
     return out
 
 
-def relative_cost(model, tokenizer, make_drafter, max_new_tokens: int = 48, repeats: int = 3) -> dict:
+def relative_cost(model, tokenizer, make_drafter, max_new_tokens: int = 48, repeats: int = 7) -> dict:
     """Seconds per drafted token over seconds per plain decoding step (medians, interleaved runs)."""
     import statistics
 

@@ -1,0 +1,94 @@
+"""Cut a trained draft's reduced vocabulary to its ``size`` most frequent tokens, without retraining (FR-Spec).
+
+A draft-v2 head projects onto V' tokens; the product costs in proportion to V'.  FR-Spec drops
+the rarest rows of a full head without retraining; here the same cut applies to an already
+reduced head: the rows of the ``size`` tokens the target emits most often (the teacher shards'
+``token_counts.npy``, EOS always kept) stay, in ascending target-id order, and nothing else
+changes.  The draft's law then lives on fewer tokens; losslessness is untouched (verification
+uses the target's full law), only acceptance can change, and the card's re-measurement says by
+how much.  Usage::
+
+    python -m specdec.train.cut_vocabulary artifacts/draft-smollm2-135m-instruct --size 4096
+
+The folder is rewritten in place (``draft.safetensors`` and ``card.json``: its vocabulary, a
+``stages`` entry, and, unless ``--no-measure``, its ``measured`` part).  Run it on a quiet
+machine: the re-measurement includes a timing.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from specdec.drafters.draft_loading import REDUCED
+from specdec.drafters.vocab import coverage, top_tokens
+
+CARD = "card.json"
+
+
+def kept_rows(token_ids: torch.Tensor, counts: np.ndarray, size: int, eos: list[int]) -> torch.Tensor:
+    """Rows of ``token_ids`` [V'] (ascending) to keep: the ``size`` most counted of them, EOS always, in order."""
+    if not 0 < size < token_ids.numel():
+        raise ValueError(f"--size must be between 1 and the head's {token_ids.numel() - 1} tokens, got {size}")
+    if counts.shape[0] <= int(token_ids.max()):
+        raise ValueError(f"the counts cover {counts.shape[0]} tokens; the head holds ids up to {int(token_ids.max())}")
+    sub_counts = torch.from_numpy(np.asarray(counts, dtype=np.float64))[token_ids]
+    always = [int(i) for i in (token_ids[..., None] == torch.tensor(eos or [-1])).any(-1).nonzero().flatten()]
+    return top_tokens(sub_counts, size, always=always)
+
+
+def cut(folder: Path, size: int, counts: np.ndarray, eos: list[int]) -> dict:
+    """Rewrite ``folder``'s head onto ``size`` tokens; the card's new ``vocabulary`` part."""
+    from safetensors.torch import load_file, save_file
+
+    tensors = load_file(str(folder / REDUCED))
+    token_ids = tensors["lm_head.token_ids"]
+    rows = kept_rows(token_ids, counts, size, eos)
+    before = token_ids.numel()
+    tensors["lm_head.token_ids"] = token_ids[rows].contiguous()
+    tensors["lm_head.weight"] = tensors["lm_head.weight"][rows].contiguous()
+    save_file(tensors, str(folder / REDUCED))
+    all_counts = torch.from_numpy(np.asarray(counts, dtype=np.float64))
+    kept = all_counts[tensors["lm_head.token_ids"]].sum() / all_counts.sum()
+    return {"size": int(rows.numel()), "cut_from": before, "train_coverage_kept": round(float(kept), 4),
+            "train_coverage_top": round(coverage(all_counts, int(rows.numel())), 4)}
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("folder", type=Path)
+    parser.add_argument("--size", type=int, required=True)
+    parser.add_argument("--counts", type=Path, default=None,
+                        help="token_counts.npy (default: the card's data.teacher folder)")
+    parser.add_argument("--no-measure", action="store_true", help="skip re-measuring acceptance and cost")
+    args = parser.parse_args(argv)
+    card_path = args.folder / CARD
+    if not (args.folder / REDUCED).is_file() or not card_path.is_file():
+        raise FileNotFoundError(f"{args.folder} is not a draft-v2 artifact (needs {REDUCED} and {CARD})")
+    card = json.loads(card_path.read_text(encoding="utf-8"))
+    counts_path = args.counts or Path(card["data"]["teacher"]) / "token_counts.npy"
+    if not counts_path.is_file():
+        raise FileNotFoundError(f"{counts_path} does not exist: pass --counts (the teacher shards' token_counts.npy)")
+    eos = card["config"].get("eos_token_id")
+    vocabulary = cut(args.folder, args.size, np.load(counts_path), [eos] if isinstance(eos, int) else list(eos or []))
+    card["config"]["draft_vocab_size"] = vocabulary["size"]
+    card["vocabulary"] = {**card.get("vocabulary", {}), **vocabulary}
+    card.setdefault("stages", []).append({
+        "stage": f"training-free vocabulary cut (FR-Spec): {vocabulary['cut_from']} -> {vocabulary['size']} head rows, "
+                 "the most frequent by the target's own outputs",
+        "command": f"python -m specdec.train.cut_vocabulary {args.folder} --size {args.size}"})
+    card["command"] = f"{card.get('command', '')}; then python -m specdec.train.cut_vocabulary <folder> --size {args.size}"
+    card_path.write_text(json.dumps(card, indent=2) + "\n", encoding="utf-8")
+    print(json.dumps(vocabulary))
+    if not args.no_measure:
+        from .remeasure import remeasure
+
+        measured = remeasure(args.folder)
+        print(json.dumps({"mean_accepted_tokens": measured["mean_accepted_tokens"], "cost": measured["cost"]}))
+
+
+if __name__ == "__main__":
+    main()
