@@ -64,3 +64,30 @@ def test_impossible_cuts_are_refused(tmp_path):
         cut_vocabulary.main([str(folder), "--size", "5", "--counts", str(tmp_path / "short.npy"), "--no-measure"])
     with pytest.raises(FileNotFoundError, match="not a draft-v2 artifact"):
         cut_vocabulary.main([str(tmp_path / "nothing"), "--size", "5"])
+
+
+def test_sweep_measures_each_size_and_is_recorded_with_the_cut(tmp_path, monkeypatch):
+    from specdec.bench.targets import tiny_target
+
+    target, tokenizer = tiny_target(num_layers=1, hidden=16, dtype="float32")
+    monkeypatch.setattr(specdec, "load_model", lambda spec: (target, tokenizer))
+    vocab = target.config.vocab_size
+    config = reduced_config(target, hidden=16, vocab=64)
+    token_ids = np.arange(64)
+    folder = tmp_path / "d"
+    export_reduced(random_params(config, inputs_embeds=jnp.zeros((1, 4, target.config.hidden_size))), config,
+                   token_ids, folder, dtype="float32")
+    (folder / "card.json").write_text(json.dumps({"kind": "specdec-draft-v2", "target": "tiny",
+                                                  "config": {"eos_token_id": None}, "measured": {"chain": 2}}))
+    counts = np.zeros(vocab)
+    counts[:64] = np.arange(64, 0, -1)
+    np.save(tmp_path / "counts.npy", counts)
+    cut_vocabulary.main([str(folder), "--sweep", "64,16", "--size", "16", "--per-category", "1",
+                         "--counts", str(tmp_path / "counts.npy"), "--no-measure"])
+    card = json.loads((folder / "card.json").read_text())
+    measured = card["vocabulary"]["cut_sweep"]
+    assert measured["chain"] == 2 and set(measured["sizes"]) == {"64", "16"}
+    small, full = measured["sizes"]["16"], measured["sizes"]["64"]
+    assert small["train_coverage"] < full["train_coverage"] == 1.0
+    assert all(row["cost_ratio"] > 0 and row["mean_accepted_tokens"] >= 1.0 for row in (small, full))
+    assert card["vocabulary"]["size"] == 16

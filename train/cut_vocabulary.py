@@ -8,7 +8,12 @@ changes.  The draft's law then lives on fewer tokens; losslessness is untouched 
 uses the target's full law), only acceptance can change, and the card's re-measurement says by
 how much.  Usage::
 
+    python -m specdec.train.cut_vocabulary artifacts/draft-smollm2-135m-instruct --sweep 8192,4096,2048
     python -m specdec.train.cut_vocabulary artifacts/draft-smollm2-135m-instruct --size 4096
+
+``--sweep`` measures each size first (coverage, greedy acceptance on the bench prompts, cost per
+drafted token against a target step, interleaved), in memory; with ``--size`` too, the sweep is
+recorded in the card.
 
 The folder is rewritten in place (``draft.safetensors`` and ``card.json``: its vocabulary, a
 ``stages`` entry, and, unless ``--no-measure``, its ``measured`` part).  Run it on a quiet
@@ -57,12 +62,54 @@ def cut(folder: Path, size: int, counts: np.ndarray, eos: list[int]) -> dict:
             "train_coverage_top": round(coverage(all_counts, int(rows.numel())), 4)}
 
 
+def sweep(folder: Path, card: dict, sizes: list[int], counts: np.ndarray, eos: list[int],
+          per_category: int = 6) -> dict:
+    """Coverage, greedy acceptance and cost of ``folder``'s draft with its head cut to each of ``sizes`` (in memory)."""
+    import copy
+
+    import specdec
+    from specdec import drafters
+    from specdec.drafters.vocab import SubsetHead
+
+    from .measure import acceptance, relative_costs
+
+    model, tokenizer = specdec.load_model(card["target"])
+    draft = drafters.load_draft_model(model, folder)
+    head = draft.get_output_embeddings()
+    chain = int(card.get("measured", {}).get("chain", 4))
+    drafts = {}
+    for size in sizes:
+        if size == head.token_ids.numel():
+            drafts[str(size)] = draft
+            continue
+        rows = kept_rows(head.token_ids, counts, size, eos)
+        smaller = copy.deepcopy(draft)
+        smaller.set_output_embeddings(SubsetHead(head.weight.data[rows], head.token_ids[rows], head.vocab_size))
+        drafts[str(size)] = smaller
+    costs = relative_costs(model, tokenizer, {name: (lambda d=d: drafters.DraftModel(d, chain))
+                                              for name, d in drafts.items()})
+    all_counts = torch.from_numpy(np.asarray(counts, dtype=np.float64))
+    out = {}
+    for name, d in drafts.items():
+        accepted = acceptance(model, tokenizer, lambda: drafters.DraftModel(d, chain), per_category)
+        ids = d.get_output_embeddings().token_ids
+        out[name] = {"train_coverage": round(float(all_counts[ids].sum() / all_counts.sum()), 4),
+                     "mean_accepted_tokens": accepted["mean_accepted_tokens"],
+                     "per_category": {k: v["mean_accepted_tokens"] for k, v in accepted["per_category"].items()},
+                     "draft_ms_per_token": costs[name]["draft_ms_per_token"], "cost_ratio": costs[name]["ratio"]}
+        print(name, json.dumps(out[name]), flush=True)
+    return {"prompts_per_category": per_category, "chain": chain,
+            "target_step_ms": next(iter(costs.values()))["target_step_ms"], "sizes": out}
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("folder", type=Path)
-    parser.add_argument("--size", type=int, required=True)
+    parser.add_argument("--size", type=int, default=None, help="cut the head to this many tokens")
+    parser.add_argument("--sweep", default=None, help="comma-separated sizes to measure first, e.g. 8192,4096,2048")
     parser.add_argument("--counts", type=Path, default=None,
                         help="token_counts.npy (default: the card's data.teacher folder)")
+    parser.add_argument("--per-category", type=int, default=6, help="bench prompts per category for --sweep")
     parser.add_argument("--no-measure", action="store_true", help="skip re-measuring acceptance and cost")
     args = parser.parse_args(argv)
     card_path = args.folder / CARD
@@ -73,7 +120,19 @@ def main(argv: list[str] | None = None) -> None:
     if not counts_path.is_file():
         raise FileNotFoundError(f"{counts_path} does not exist: pass --counts (the teacher shards' token_counts.npy)")
     eos = card["config"].get("eos_token_id")
-    vocabulary = cut(args.folder, args.size, np.load(counts_path), [eos] if isinstance(eos, int) else list(eos or []))
+    eos = [eos] if isinstance(eos, int) else list(eos or [])
+    counts = np.load(counts_path)
+    if args.size is None and args.sweep is None:
+        parser.error("give --size (cut), --sweep (measure), or both")
+    measured_sweep = None
+    if args.sweep:
+        measured_sweep = sweep(args.folder, card, [int(x) for x in args.sweep.split(",")], counts, eos,
+                               args.per_category)
+    if args.size is None:
+        return
+    vocabulary = cut(args.folder, args.size, counts, eos)
+    if measured_sweep is not None:
+        vocabulary["cut_sweep"] = measured_sweep
     card["config"]["draft_vocab_size"] = vocabulary["size"]
     card["vocabulary"] = {**card.get("vocabulary", {}), **vocabulary}
     card.setdefault("stages", []).append({

@@ -57,16 +57,26 @@ def acceptance(model, tokenizer, make_drafter, per_category: int = 2, max_new_to
 
 def relative_cost(model, tokenizer, make_drafter, max_new_tokens: int = 48, repeats: int = 7) -> dict:
     """Seconds per drafted token over seconds per plain decoding step (medians, interleaved runs)."""
+    return relative_costs(model, tokenizer, {"drafter": make_drafter}, max_new_tokens, repeats)["drafter"]
+
+
+def relative_costs(model, tokenizer, makers: dict, max_new_tokens: int = 48, repeats: int = 7) -> dict:
+    """:func:`relative_cost` of several drafters (name -> factory), interleaved round by round with plain decoding."""
     import statistics
 
     ids = encode_chat(tokenizer, [{"role": "user", "content": "Write a short paragraph about rivers and the sea."}])
-    plain, draft = [], []
+    plain, draft = [], {name: [] for name in makers}
     with torch.inference_mode():
         for _ in range(repeats + 1):  # the first round warms up
             base = specdec.generate(model, ids, None, max_new_tokens=max_new_tokens, eos_token_id=[]).stats
-            run = specdec.generate(model, ids, make_drafter(), max_new_tokens=max_new_tokens, eos_token_id=[]).stats
             plain.append(base.verify_seconds / base.steps)
-            draft.append(run.draft_seconds / max(run.drafted_tokens, 1))
-    step, token = statistics.median(plain[1:]), statistics.median(draft[1:])
-    return {"target_step_ms": round(step * 1e3, 2), "draft_ms_per_token": round(token * 1e3, 3),
-            "ratio": round(token / step, 4), "threads": torch.get_num_threads()}
+            for name, make in makers.items():
+                run = specdec.generate(model, ids, make(), max_new_tokens=max_new_tokens, eos_token_id=[]).stats
+                draft[name].append(run.draft_seconds / max(run.drafted_tokens, 1))
+    step = statistics.median(plain[1:])
+    out = {}
+    for name, times in draft.items():
+        token = statistics.median(times[1:])
+        out[name] = {"target_step_ms": round(step * 1e3, 2), "draft_ms_per_token": round(token * 1e3, 3),
+                     "ratio": round(token / step, 4), "threads": torch.get_num_threads()}
+    return out
