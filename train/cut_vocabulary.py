@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from specdec.drafters.draft_loading import REDUCED
-from specdec.drafters.vocab import coverage, top_tokens
+from specdec.drafters.vocab import coverage, top_tokens, with_subset_head
 
 CARD = "card.json"
 
@@ -40,9 +40,18 @@ def kept_rows(token_ids: torch.Tensor, counts: np.ndarray, size: int, eos: list[
         raise ValueError(f"--size must be between 1 and the head's {token_ids.numel() - 1} tokens, got {size}")
     if counts.shape[0] <= int(token_ids.max()):
         raise ValueError(f"the counts cover {counts.shape[0]} tokens; the head holds ids up to {int(token_ids.max())}")
-    sub_counts = torch.from_numpy(np.asarray(counts, dtype=np.float64))[token_ids]
-    always = [int(i) for i in (token_ids[..., None] == torch.tensor(eos or [-1])).any(-1).nonzero().flatten()]
-    return top_tokens(sub_counts, size, always=always)
+    always = torch.isin(token_ids, torch.tensor(eos, dtype=token_ids.dtype)).nonzero().flatten().tolist()
+    return top_tokens(_as_tensor(counts)[token_ids], size, always=always)
+
+
+def _as_tensor(counts: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(np.asarray(counts, dtype=np.float64))
+
+
+def share_of(counts: np.ndarray, token_ids: torch.Tensor) -> float:
+    """Share of the counted tokens (the target's own outputs) that ``token_ids`` cover, to 4 places."""
+    all_counts = _as_tensor(counts)
+    return round(float(all_counts[token_ids].sum() / all_counts.sum()), 4)
 
 
 def cut(folder: Path, size: int, counts: np.ndarray, eos: list[int]) -> dict:
@@ -56,10 +65,9 @@ def cut(folder: Path, size: int, counts: np.ndarray, eos: list[int]) -> dict:
     tensors["lm_head.token_ids"] = token_ids[rows].contiguous()
     tensors["lm_head.weight"] = tensors["lm_head.weight"][rows].contiguous()
     save_file(tensors, str(folder / REDUCED))
-    all_counts = torch.from_numpy(np.asarray(counts, dtype=np.float64))
-    kept = all_counts[tensors["lm_head.token_ids"]].sum() / all_counts.sum()
-    return {"size": int(rows.numel()), "cut_from": before, "train_coverage_kept": round(float(kept), 4),
-            "train_coverage_top": round(coverage(all_counts, int(rows.numel())), 4)}
+    return {"size": int(rows.numel()), "cut_from": before,
+            "train_coverage_kept": share_of(counts, tensors["lm_head.token_ids"]),
+            "train_coverage_top": round(coverage(_as_tensor(counts), int(rows.numel())), 4)}
 
 
 def sweep(folder: Path, card: dict, sizes: list[int], counts: np.ndarray, eos: list[int],
@@ -69,7 +77,6 @@ def sweep(folder: Path, card: dict, sizes: list[int], counts: np.ndarray, eos: l
 
     import specdec
     from specdec import drafters
-    from specdec.drafters.vocab import SubsetHead
 
     from .measure import acceptance, relative_costs
 
@@ -83,17 +90,13 @@ def sweep(folder: Path, card: dict, sizes: list[int], counts: np.ndarray, eos: l
             drafts[str(size)] = draft
             continue
         rows = kept_rows(head.token_ids, counts, size, eos)
-        smaller = copy.deepcopy(draft)
-        smaller.set_output_embeddings(SubsetHead(head.weight.data[rows], head.token_ids[rows], head.vocab_size))
-        drafts[str(size)] = smaller
+        drafts[str(size)] = with_subset_head(copy.deepcopy(draft), head.token_ids[rows], head.weight.data[rows])
     costs = relative_costs(model, tokenizer, {name: (lambda d=d: drafters.DraftModel(d, chain))
                                               for name, d in drafts.items()})
-    all_counts = torch.from_numpy(np.asarray(counts, dtype=np.float64))
     out = {}
     for name, d in drafts.items():
         accepted = acceptance(model, tokenizer, lambda: drafters.DraftModel(d, chain), per_category)
-        ids = d.get_output_embeddings().token_ids
-        out[name] = {"train_coverage": round(float(all_counts[ids].sum() / all_counts.sum()), 4),
+        out[name] = {"train_coverage": share_of(counts, d.get_output_embeddings().token_ids),
                      "mean_accepted_tokens": accepted["mean_accepted_tokens"],
                      "per_category": {k: v["mean_accepted_tokens"] for k, v in accepted["per_category"].items()},
                      "draft_ms_per_token": costs[name]["draft_ms_per_token"], "cost_ratio": costs[name]["ratio"]}
