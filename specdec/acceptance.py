@@ -231,6 +231,10 @@ class Verification(Protocol):
     def logits(self) -> torch.Tensor:
         """[B, 1+N, V] logits at every slot."""
 
+    @property
+    def cheap_rows(self) -> int:
+        """Rows (batch rows x slots) the output head multiplies for about the cost of one."""
+
 
 def accept(tree: DraftTree, verification: Verification, sampling: SamplingConfig,
            rng: Randomness, typical: tuple[float, float] | None = None) -> Acceptance:
@@ -249,24 +253,19 @@ def accept(tree: DraftTree, verification: Verification, sampling: SamplingConfig
     return recursive_rejection_sampling(tree, p, rng)
 
 
-# Rows (batch rows x slots) an output head multiplies for about the cost of one: measured on SmolLM2's
-# 49,152 x 576 head (2 threads, W @ x.T) at 3.1, 3.3, 3.2 and 3.6 ms for 1 to 4 rows, 3.7 for 5, 6.0 for 8.
-CHEAP_HEAD_ROWS = 4
-
-
 @torch.no_grad()
 def greedy_targets(tree: DraftTree, verification: Verification) -> torch.Tensor:
     """The target's argmax [B, 1+N] at every slot greedy acceptance can reach (-1 at slots not computed).
 
-    The first head call covers the root and, while it stays within ``CHEAP_HEAD_ROWS`` rows over
-    the batch, the first nodes too (a few rows cost about what one does).  Beyond those, logits
+    The first head call covers the root and, while it stays within the rows the head multiplies for
+    about the cost of one (``verification.cheap_rows``, measured per machine), the first nodes too.  Beyond those, logits
     are computed depth by depth only for nodes whose whole path so far matches in some row, so a
     rejected draft costs no further output-head work.
     """
     b, n = tree.tokens.shape
     device = tree.tokens.device
     targets = torch.full((b, n + 1), -1, dtype=torch.long, device=device)
-    first = min(n + 1, max(1, CHEAP_HEAD_ROWS // b))  # slots in the first call, the root first
+    first = min(n + 1, max(1, verification.cheap_rows // b))  # slots in the first call, the root first
     targets[:, :first] = verification.logits_at(torch.arange(first, device=device)).argmax(-1)
     if n == 0:
         return targets

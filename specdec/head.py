@@ -4,32 +4,30 @@ A large vocabulary makes the output head the single biggest matrix of a small mo
 is 49,152 x 576, 113 MB in fp32), and one decoding step reads it from memory once per row it is
 applied to.  On CPUs, ``F.linear`` (``x @ W.T`` with the weight stored [V, H]) runs a slow path
 for few rows, while ``W @ x.T``, the same product with the weight as the left operand, streams
-the weight at full memory speed.  Measured on the development machine (2 threads, fp32,
-49,152 x 576; ``python -m specdec.bench.head_cost``): one row 9.6 ms by ``F.linear`` against
-3.4 ms by ``W @ x.T`` (padded to two rows: the one-column product takes the slow path too), two
-rows 23.9 against 3.0 ms, four 17.2 against 5.0, eight 15.9 against 6.9, sixteen 18.5 against
-14.4.  So heads applied to at most ``FEW_ROWS`` rows multiply that way.  The numbers differ from
-``F.linear``'s only by float rounding (the same size of error against float64 either way).
+the weight at full memory speed.  So products of few rows multiply that way, some row counts
+padded to a few more rows (a single column takes the slow matrix-vector path); how few, and which
+counts, are this machine's :class:`~specdec.kernels.Kernels` (measured by the profile, or the
+fallback).  The numbers differ from ``F.linear``'s only by float rounding.
 """
 from __future__ import annotations
 
 import torch
 from torch import nn
 
-FEW_ROWS = 32  # at most this many rows: W @ x.T (measured faster than F.linear up to 32 rows)
-# Row counts multiplied as more rows (copies of the first), measured faster in whole forwards: a single
-# column takes the slow matrix-vector path (SmolLM2's head: 7.2 ms, padded to two 3.1), and three
-# columns cost more than four (SmolLM2-135M's backbone, 2 threads: 23.0 against 20.2 ms; its head
-# 3.9 against 3.2 ms).
-PADDED_ROWS = {1: 2, 3: 4}
+from .kernels import FALLBACK
+
+FEW_ROWS = FALLBACK.head_rows  # the fallback row limits and padding (specdec.kernels: measured ones win)
+PADDED_ROWS = FALLBACK.padded_rows
 
 
-def few_rows_product(weight: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:
-    """``hidden @ weight.T`` for hidden [..., H] and weight [V, H], computed as ``weight @ hidden.T``."""
+def few_rows_product(weight: torch.Tensor, hidden: torch.Tensor, padded: dict | None = None) -> torch.Tensor:
+    """``hidden @ weight.T`` for hidden [..., H] and weight [V, H], computed as ``weight @ hidden.T``;
+    row counts in ``padded`` (default :data:`PADDED_ROWS`) are multiplied as that many rows."""
+    padded = PADDED_ROWS if padded is None else padded
     rows = hidden.reshape(-1, hidden.shape[-1])
     count = rows.shape[0]
-    if count in PADDED_ROWS:
-        rows = torch.cat([rows, rows[:1].expand(PADDED_ROWS[count] - count, -1)])
+    if count in padded:
+        rows = torch.cat([rows, rows[:1].expand(padded[count] - count, -1)])
     out = torch.mm(weight, rows.t()).t()[:count].contiguous()
     return out.reshape(*hidden.shape[:-1], weight.shape[0])
 
@@ -42,22 +40,24 @@ def use_few_rows(hidden: torch.Tensor, most: int = FEW_ROWS) -> bool:
 
 
 def linear(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
-           most: int = FEW_ROWS) -> torch.Tensor:
+           most: int = FEW_ROWS, padded: dict | None = None) -> torch.Tensor:
     """``F.linear(hidden, weight, bias)``, as :func:`few_rows_product` for at most ``most`` CPU rows outside autograd."""
     if use_few_rows(hidden, most) and weight.dtype == hidden.dtype:
-        out = few_rows_product(weight, hidden)
+        out = few_rows_product(weight, hidden, padded)
         return out if bias is None else out + bias
     return nn.functional.linear(hidden, weight, bias)
 
 
-def project(head: nn.Module, hidden: torch.Tensor) -> torch.Tensor:
-    """``head(hidden)`` for inputs [..., H]; plain linear layers on the CPU take the fast path for few rows.
+def project(head: nn.Module, hidden: torch.Tensor, kernels=None) -> torch.Tensor:
+    """``head(hidden)`` for inputs [..., H]; plain linear layers on the CPU take the fast path for few rows
+    (``kernels``: this machine's :class:`~specdec.kernels.Kernels`, default the fallback).
 
     Worth it for matrices larger than the CPU's caches (output heads, wide draft layers); small
     ones run either way at about the same speed.
     """
     if type(head) is nn.Linear:
-        return linear(hidden, head.weight, head.bias)
+        kernels = kernels or FALLBACK
+        return linear(hidden, head.weight, head.bias, kernels.head_rows, kernels.padded_rows)
     return head(hidden)
 
 

@@ -6,8 +6,9 @@ Two regressions (SmartSpec, Liu et al. 2024; the features of its authors' vLLM f
   context C per row, with T = B*(n+1) tokens in all:
   ``[1, B, T, B*C, [n > 0], [T > R], [T > R]*T, [T > 2]]`` (linear) or those plus the squares and
   pairwise products of B, T and B*C (quadratic).  The indicators are there because CPU matrix
-  products change kernels: specdec's linear layers multiply up to R = ``specdec.few_rows.MAX_ROWS``
-  rows one way and more rows another, and one or two rows cost the same (one is padded to two);
+  products change kernels: specdec's linear layers multiply up to R rows one way (the machine's
+  :class:`~specdec.kernels.Kernels` ``linear_rows``) and more rows another, and one or two rows cost
+  the same (one is padded to two);
 * the drafter's proposal, in B and draft depth k: ``[1, k, B*k, B]`` (linear) or quadratic.
 
 :func:`fit` keeps, for each, the form with the better R^2 on held-out points.  Where a query lies
@@ -21,7 +22,8 @@ answers.  Least squares are
 weighted by 1/y, so the fit minimises relative error: a policy compares steps of 30 ms and of
 35 ms, and an unweighted fit spends its accuracy on the 150-ms steps of big batches.  A
 :class:`LatencyModel` is saved as JSON keyed by the model, its dtype, the device and the thread
-count, and loading refuses a file made for anything else.
+count, and loading refuses a file made for anything else.  The file also holds the machine's
+:class:`~specdec.kernels.Kernels`, measured by the same profile, which the target's forward reads.
 """
 from __future__ import annotations
 
@@ -36,15 +38,13 @@ from pathlib import Path
 
 import numpy as np
 
-FEATURES_VERSION = 3  # in the profile key: files fitted on other features are refused
+FEATURES_VERSION = 4  # in the profile key: files fitted on other features (or without kernels) are refused
 
 
-def verify_features(batch, nodes, context, form: str) -> np.ndarray:
+def verify_features(batch, nodes, context, form: str, rows_cut: int = 8) -> np.ndarray:
     b, n, c = (np.asarray(x, dtype=np.float64) for x in (batch, nodes, context))
-    from .few_rows import MAX_ROWS
-
     tokens = b * (n + 1)
-    many = (tokens > MAX_ROWS).astype(np.float64)
+    many = (tokens > rows_cut).astype(np.float64)
     base = [np.ones_like(b), b, tokens, b * c / 1000.0, (n > 0).astype(np.float64), many, many * tokens,
             (tokens > 2).astype(np.float64)]
     return np.stack(base + (_quadratic(base[1:4]) if form == "quadratic" else []), axis=-1)
@@ -185,6 +185,7 @@ class LatencyModel:
     verify: Regression
     draft: dict[str, Regression] = field(default_factory=dict)  # drafter name -> its regression
     points: dict = field(default_factory=dict)  # the profiled measurements, for the record
+    kernels: dict | None = None  # the machine's Kernels (specdec.kernels), measured by the same profile
 
     @cached_property
     def _verify_grid(self) -> Grid:
@@ -194,6 +195,10 @@ class LatencyModel:
     def _draft_grids(self) -> dict[str, Grid]:
         return {name: Grid(points, ("batch", "depth"), monotone=("batch", "depth"))
                 for name, points in self.points.get("draft", {}).items()}
+
+    @property
+    def _rows_cut(self) -> int:
+        return int((self.kernels or {}).get("linear_rows", 8))
 
     def add_drafter(self, name: str, regression: Regression, points: list[dict] | None = None) -> None:
         """A drafter's fitted cost (and its profiled points, which then answer inside their grid)."""
@@ -206,7 +211,7 @@ class LatencyModel:
         measured = self._verify_grid.at({"batch": batch, "nodes": nodes, "context": context}, extrapolate=("context",))
         if measured is not None:
             return max(measured, 1e-6)
-        x = verify_features([batch], [nodes], [context], self.verify.form)
+        x = verify_features([batch], [nodes], [context], self.verify.form, self._rows_cut)
         return max(float(self.verify.predict(x)[0]), 1e-6)
 
     def draft_seconds(self, drafter: str, batch: int, depth: int) -> float:
@@ -229,7 +234,7 @@ class LatencyModel:
     def load(cls, path: str | os.PathLike, expected_key: dict | None = None) -> "LatencyModel":
         data = json.loads(Path(path).read_text(encoding="utf-8"))
         model = cls(data["key"], Regression(**data["verify"]), {k: Regression(**v) for k, v in data["draft"].items()},
-                    data.get("points", {}))
+                    data.get("points", {}), data.get("kernels"))
         if expected_key is not None and model.key != expected_key:
             differs = {k: (model.key.get(k), v) for k, v in expected_key.items() if model.key.get(k) != v}
             raise ValueError(f"latency model {path} was profiled for another setting: {differs} "
@@ -238,26 +243,25 @@ class LatencyModel:
 
 
 def latency_key(model, threads: int | None = None) -> dict:
-    """What a latency profile is valid for: the model, its dtype, the device, the thread count and the kernels."""
+    """What a latency profile is valid for: the model, its dtype, the device, the thread count and the forward."""
     import torch
 
     parameter = next(model.parameters())
     name = getattr(model.config, "_name_or_path", None) or type(model).__name__
     size = sum(p.numel() for p in model.parameters())
-    from .few_rows import MAX_ROWS
-    from .head import PADDED_ROWS
     from .lean_llama import supports
 
     forward = "lean" if supports(model) else "hf"  # the forward Target runs (specdec.target)
-    padded = ",".join(f"{a}>{b}" for a, b in sorted(PADDED_ROWS.items()))
     return {"model": f"{Path(str(name)).name}:{size}", "dtype": str(parameter.dtype).replace("torch.", ""),
             "device": parameter.device.type, "threads": int(threads or torch.get_num_threads()),
-            "linears": f"{forward};few-rows<={MAX_ROWS};pad {padded}", "features": FEATURES_VERSION}
+            "forward": forward, "features": FEATURES_VERSION}
 
 
 def default_path(key: dict) -> Path:
-    """``<cache>/profiles/<model>-<dtype>-<device>-t<threads>.json`` beside the model cache."""
+    """``<cache>/profiles/<model>-<dtype>-<device>-t<threads>.json`` beside the model cache
+    (``$SPECDEC_PROFILES`` instead of ``<cache>/profiles`` where set)."""
     from .loading import default_cache_dir
 
     safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in key["model"])
-    return default_cache_dir() / "profiles" / f"{safe}-{key['dtype']}-{key['device']}-t{key['threads']}.json"
+    folder = Path(os.environ["SPECDEC_PROFILES"]) if os.environ.get("SPECDEC_PROFILES") else default_cache_dir() / "profiles"
+    return folder / f"{safe}-{key['dtype']}-{key['device']}-t{key['threads']}.json"

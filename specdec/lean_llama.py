@@ -96,11 +96,12 @@ class LeanLlama:
 
     @torch.no_grad()
     def __call__(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None,
-                 position_ids: torch.Tensor, cache, few_rows: int = FEW_ROWS) -> torch.Tensor:
+                 position_ids: torch.Tensor, cache, few_rows: int = FEW_ROWS,
+                 padded: dict | None = None) -> torch.Tensor:
         """Hidden states [B, T, H] of ``input_ids`` [B, T] appended to ``cache`` (a RaggedCache's layers).
 
         Products of at most ``few_rows`` rows (tokens over the batch) take :func:`specdec.head.linear`'s
-        ``W @ x.T`` path.
+        ``W @ x.T`` path, row counts in ``padded`` padded (:class:`~specdec.kernels.Kernels`).
 
         ``attention_mask``: None (every cached entry real; the new tokens causal among themselves),
         [B, C + T] with 1 for real entries (padding; causal over the new tokens), or a 4D additive
@@ -116,19 +117,19 @@ class LeanLlama:
         for layer, weights in zip(cache, self.layers):
             x = self._norm(hidden, weights["norm_in"])
             if self.fused:  # q and k rotated as one tensor (half the calls)
-                qk, v = linear(x, weights["qkv"][0], None, few_rows).split([q_size + kv_size, kv_size], dim=-1)
+                qk, v = linear(x, weights["qkv"][0], None, few_rows, padded).split([q_size + kv_size, kv_size], dim=-1)
                 qk = _rotate(qk.view(b, t, self.heads + self.kv_heads, self.head_dim).transpose(1, 2), cos, sin)
                 q, k = qk.split([self.heads, self.kv_heads], dim=1)
             else:
-                q, k, v = _products(x, weights["qkv"], [q_size, kv_size, kv_size], few_rows)
+                q, k, v = _products(x, weights["qkv"], [q_size, kv_size, kv_size], few_rows, padded)
                 q = _rotate(q.view(b, t, self.heads, self.head_dim).transpose(1, 2), cos, sin)
                 k = _rotate(k.view(b, t, self.kv_heads, self.head_dim).transpose(1, 2), cos, sin)
             keys, values = layer.update(k, v.view(b, t, self.kv_heads, self.head_dim).transpose(1, 2))
             attended = _attention(q, keys, values, mask, self.heads // self.kv_heads)
-            hidden = hidden + linear(attended.transpose(1, 2).reshape(b, t, q_size), weights["o"], None, few_rows)
+            hidden = hidden + linear(attended.transpose(1, 2).reshape(b, t, q_size), weights["o"], None, few_rows, padded)
             x = self._norm(hidden, weights["norm_post"])
-            gate, up = _products(x, weights["gate_up"], [self.intermediate] * 2, few_rows)
-            hidden = hidden + linear(F.silu(gate) * up, weights["down"], None, few_rows)
+            gate, up = _products(x, weights["gate_up"], [self.intermediate] * 2, few_rows, padded)
+            hidden = hidden + linear(F.silu(gate) * up, weights["down"], None, few_rows, padded)
         return self._norm(hidden, self.decoder.norm.weight)
 
     @staticmethod
@@ -175,11 +176,11 @@ class RotaryTable:
         return F.embedding(position_ids, table[0]), F.embedding(position_ids, table[1])
 
 
-def _products(x: torch.Tensor, weights: list[torch.Tensor], sizes: list[int], few_rows: int):
+def _products(x: torch.Tensor, weights: list[torch.Tensor], sizes: list[int], few_rows: int, padded: dict | None):
     """x times each of ``weights`` (one fused matrix, split into ``sizes``, or one matrix per output)."""
     if len(weights) == 1:
-        return linear(x, weights[0], None, few_rows).split(sizes, dim=-1)
-    return [linear(x, w, None, few_rows) for w in weights]
+        return linear(x, weights[0], None, few_rows, padded).split(sizes, dim=-1)
+    return [linear(x, w, None, few_rows, padded) for w in weights]
 
 
 def _attention(q, keys, values, mask, groups: int) -> torch.Tensor:

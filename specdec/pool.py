@@ -8,7 +8,6 @@ fallback picks it, so EXSPEC trades per-sequence latency for throughput.
 """
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 
 import torch
@@ -71,7 +70,7 @@ def generate_pool(
     for row in rows:  # the same checks as generate, per prompt
         check_inputs(model, torch.tensor([row], device=device), None, settings.max_new_tokens, drafter)
     job = new_job(model, drafter, settings, randomness, device)
-    started = time.perf_counter()
+    started = job.clock()
     with torch.no_grad():
         if schedule == "eqspec":
             batches = (_batch(rows, range(first, min(first + batch_size, len(rows))), device)

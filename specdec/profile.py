@@ -1,11 +1,14 @@
-"""``python -m specdec.profile``: profile the target's verification and the drafters' cost, fit SmartSpec's latency model.
+"""``python -m specdec.profile``: measure this machine's kernels, profile the target's verification and the
+drafters' cost, and fit the goodput policy's latency model.
 
 Hydra app (needs the ``bench`` extra): ``target=`` and ``drafters=`` (names of ``configs/drafter/``
-configs; default every one whose artifact exists).  Times ``Target.verify`` over batch sizes,
-draft nodes and contexts and each drafter's draft seconds per step over depths and batch sizes,
-fits the regressions (linear or quadratic, by held-out R^2), prints R^2 and the error on the
-held-out points, and saves the JSON where SmartSpec looks for it: beside the model cache, keyed
-by model, dtype, device and thread count.
+configs; default every one whose artifact exists).  Measures the product paths the target's forward
+should take here (:class:`~specdec.kernels.Kernels`), then times ``Target.verify`` over batch
+sizes, draft nodes and contexts and each drafter's draft seconds per step over depths and batch
+sizes, fits the regressions (linear or quadratic, by held-out R^2), prints R^2, and saves the JSON
+where SmartSpec and every Target look for it: beside the model cache, keyed by model, dtype,
+device and thread count.  The first ``generate`` with a drafter on a new machine makes a shorter
+one by itself (``quick=true`` here).
 """
 from __future__ import annotations
 
@@ -47,13 +50,14 @@ def _run(cfg) -> None:
         except Exception as error:  # a drafter whose artifact is missing is skipped
             log.warning("skipping %s: %s", name, error)
             continue
-        built[type(drafter).__name__] = drafter
+        built[drafter.cost_name] = drafter
     grid = OmegaConf.to_container(cfg.grid, resolve=True) if cfg.get("grid") else None
     with torch.inference_mode():
-        result = profile(model, built, quick=bool(cfg.quick), grid=grid)
+        result = profile(model, built, quick=bool(cfg.quick), grid=grid, progress=True)
     path = default_path(result.key) if cfg.out is None else cfg.out
     result.save(path)
-    summary = {"key": result.key, "verify": {"form": result.verify.form, "r2_heldout": result.verify.r2_heldout},
+    summary = {"key": result.key, "kernels": result.kernels,
+               "verify": {"form": result.verify.form, "r2_heldout": result.verify.r2_heldout},
                "draft": {k: {"form": v.form, "r2_heldout": v.r2_heldout} for k, v in result.draft.items()},
                "grid": grid or (QUICK if cfg.quick else FULL), "saved": str(path)}
     log.info("latency model: %s", summary)

@@ -1,67 +1,219 @@
-"""Timing what a speculation policy weighs: the target's verification and a drafter's proposal.
+"""Timing what a speculation policy weighs, and the product paths a target's forward should take.
 
-:func:`profile` measures, interleaved and repeated (medians), ``Target.verify`` of a chain of n draft
+:func:`profile` first measures this machine's :class:`~specdec.kernels.Kernels` for the model
+(:func:`measure_kernels`), then, with those kernels in effect, times ``Target.verify`` of n draft
 nodes for a grid of batch sizes B, node counts n and contexts C (plus the output head at the root,
-what greedy decoding pays at the least), and a drafter's draft seconds per step at depths k and
-batch sizes B (from ``specdec.generate`` runs with ``speculation=k``), then fits a
-:class:`~specdec.latency.LatencyModel`.  ``quick=True`` profiles a small grid in seconds (what
-SmartSpec does on first use); ``python -m specdec.profile`` runs the full grid and saves it.
+what greedy decoding pays at the least) and a drafter's draft seconds per step at depths k and
+batch sizes B (from ``specdec.generate`` runs with ``speculation=k``), interleaved and repeated
+(medians), and fits a :class:`~specdec.latency.LatencyModel` that holds the kernels too.
+``quick=True`` profiles a small grid (what SmartSpec does on first use, with a progress bar);
+``python -m specdec.profile`` runs the full grid.  :func:`latency_for` finds the profile a policy
+needs: given, on disk, or made now.  Every time read comes from :class:`~specdec.clock.Clock`,
+which synchronises an accelerator before each reading.
 """
 from __future__ import annotations
 
+import logging
 import statistics
-import time
+from pathlib import Path
 
 import numpy as np
 import torch
 
-from .latency import LatencyModel, draft_features, fit, latency_key, verify_features
+from .clock import Clock, clock_for
+from .head import few_rows_product
+from .kernels import FALLBACK, Kernels, remember
+from .latency import LatencyModel, default_path, draft_features, fit, latency_key, verify_features
 from .target import Target
 from .tree import DraftTree
 
+log = logging.getLogger("specdec.profile")
+
 FULL = {"batches": (1, 2, 4, 8), "nodes": (0, 1, 2, 3, 5, 7, 11, 15), "contexts": (64, 256, 768), "repeats": 3,
-        "depths": (1, 2, 4, 8)}
-QUICK = {"batches": (1, 4), "nodes": (0, 1, 3, 7), "contexts": (128, 512), "repeats": 2, "depths": (1, 2, 4)}
+        "depths": (1, 2, 4, 8), "draft_batches": (1, 2, 4, 8)}
+QUICK = {"batches": (1, 2, 4), "nodes": (0, 1, 2, 3, 5, 7, 11), "contexts": (128, 512), "repeats": 2,
+         "depths": (1, 2, 4), "draft_batches": (1, 4)}  # what a first use pays: under a minute on 2 cores
+KERNEL_ROWS = (1, 2, 3, 4, 5, 6, 7, 8, 10, 12, 16, 24, 32)  # row counts the layer products are timed at
+HEAD_ROWS = (1, 2, 3, 4, 5, 6, 8, 16, 32, 48, 64)
+
+
+class _Progress:
+    """A tqdm bar when asked for (``total`` units of work), else nothing."""
+
+    def __init__(self, enabled: bool, total: int, desc: str):
+        self.bar = None
+        if enabled:
+            from tqdm.auto import tqdm
+
+            self.bar = tqdm(total=total, desc=desc, unit="step", dynamic_ncols=True, leave=False)
+
+    def update(self, n: int = 1) -> None:
+        if self.bar is not None:
+            self.bar.update(n)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def _median_seconds(run, repeats: int, clock: Clock) -> float:
+    run()  # warm-up
+    times = []
+    for _ in range(repeats):
+        started = clock()
+        run()
+        times.append(clock() - started)
+    return statistics.median(times)
+
+
+# ---- kernels -----------------------------------------------------------------------------------------
+def _layer_matrices(model, fuse: bool) -> list[torch.Tensor]:
+    """Every weight matrix a decoder forward multiplies, as the target's forward would hold them."""
+    from .lean_llama import LeanLlama, supports
+
+    if supports(model):
+        return [w for layer in LeanLlama.for_model(model, fuse=fuse).layers
+                for name in ("qkv", "o", "gate_up", "down") for w in (layer[name] if isinstance(layer[name], list)
+                                                                    else [layer[name]])]
+    return [m.weight for m in model.get_decoder().modules() if type(m) is torch.nn.Linear]
+
+
+def _products_seconds(matrices, rows: int, few: bool, padded: dict, clock: Clock, repeats: int) -> float:
+    inputs = {w.shape[1]: torch.randn(rows, w.shape[1], dtype=w.dtype, device=w.device) for w in matrices}
+    if few:
+        run = lambda: [few_rows_product(w, inputs[w.shape[1]], padded) for w in matrices]  # noqa: E731
+    else:
+        run = lambda: [torch.nn.functional.linear(inputs[w.shape[1]], w) for w in matrices]  # noqa: E731
+    return _median_seconds(run, repeats, clock)
+
+
+def _cut_over(rows: list[int], few: dict, plain: dict, slack: float = 1.0) -> int:
+    """The largest row count up to which ``few`` is never slower than ``plain`` (0: not even one row)."""
+    best = 0
+    for r in rows:
+        if few[r] > plain[r] * slack:
+            break
+        best = r
+    return best
+
+
+def _padding(rows: list[int], cost: dict, gain: float = 0.95) -> dict:
+    """Row counts worth multiplying as a larger measured count: where that one is at least 5% cheaper."""
+    padded = {}
+    for r in rows:
+        larger = [s for s in rows if r < s <= 2 * r]
+        if larger:
+            cheapest = min(larger, key=lambda s: (cost[s], s))
+            if cost[cheapest] < gain * cost[r]:
+                padded[r] = cheapest
+    return padded
 
 
 @torch.no_grad()
-def time_verify(model, batches, nodes, contexts, repeats: int, seed: int = 0) -> list[dict]:
+def measure_kernels(model, clock: Clock | None = None, repeats: int = 3, progress: _Progress | None = None) -> Kernels:
+    """This machine's product paths for ``model`` (see :mod:`specdec.kernels`), timed on its own weights.
+
+    The few-row products apply to float32 on the CPU only; elsewhere only the head's cheap rows and
+    fusion are measured and the few-row limits are 0."""
+    from .lean_llama import supports
+
+    clock = clock or clock_for(model)
+    head = model.get_output_embeddings().weight.detach()
+    parameter = next(model.parameters())
+    cpu32 = parameter.device.type == "cpu" and parameter.dtype == torch.float32
+    tick = progress.update if progress is not None else (lambda n=1: None)
+    fuse = True
+    if supports(model):  # fused q/k/v and gate/up against the model's own matrices, at decoding's row counts
+        fused, apart = _layer_matrices(model, True), _layer_matrices(model, False)
+        totals = [sum(_products_seconds(m, r, cpu32, {}, clock, repeats) for r in (1, 2, 4)) for m in (fused, apart)]
+        fuse = totals[0] <= totals[1] * 1.02
+        tick(6)
+    matrices = _layer_matrices(model, fuse)
+    head_cost = {}
+    for r in HEAD_ROWS:
+        head_cost[r] = _median_seconds(lambda r=r: few_rows_product(head, torch.randn(r, head.shape[1], dtype=head.dtype,
+                                                                                      device=head.device), {})
+                                       if cpu32 else torch.nn.functional.linear(
+                                           torch.randn(r, head.shape[1], dtype=head.dtype, device=head.device), head),
+                                       repeats, clock)
+        tick()
+    if not cpu32:
+        cheap = max(r for r in HEAD_ROWS if r <= 16 and head_cost[r] <= 1.15 * head_cost[1])
+        return Kernels(linear_rows=0, head_rows=0, padded_rows={}, cheap_head_rows=cheap, fuse=fuse, measured=True)
+    few, plain = {}, {}
+    for r in KERNEL_ROWS:
+        few[r] = _products_seconds(matrices, r, True, {}, clock, repeats)
+        plain[r] = _products_seconds(matrices, r, False, {}, clock, repeats)
+        tick(2)
+    head_plain = {}
+    for r in HEAD_ROWS:
+        x = torch.randn(r, head.shape[1], dtype=head.dtype)
+        head_plain[r] = _median_seconds(lambda x=x: torch.nn.functional.linear(x, head), repeats, clock)
+        tick()
+    step = {r: few[r] + head_cost.get(r, few[r] * 0) for r in KERNEL_ROWS if r in head_cost}  # a forward's products
+    padded = _padding([r for r in KERNEL_ROWS if r in step], step)
+    padded_few = {r: few[padded.get(r, r)] for r in KERNEL_ROWS}
+    linear_rows = _cut_over(list(KERNEL_ROWS), padded_few, plain)
+    padded_head = {r: head_cost[padded.get(r, r)] if padded.get(r, r) in head_cost else head_cost[r] for r in HEAD_ROWS}
+    head_rows = _cut_over(list(HEAD_ROWS), padded_head, head_plain)
+    cheap = max(r for r in HEAD_ROWS if r <= 8 and padded_head[r] <= 1.15 * padded_head[1])
+    padded = {r: s for r, s in padded.items() if r <= max(linear_rows, head_rows)}
+    return Kernels(linear_rows=linear_rows, head_rows=head_rows, padded_rows=padded, cheap_head_rows=cheap,
+                   fuse=fuse, measured=True)
+
+
+def kernel_steps(model) -> int:
+    """Units of work :func:`measure_kernels` reports to a progress bar."""
+    from .lean_llama import supports
+
+    return (6 if supports(model) else 0) + 2 * len(HEAD_ROWS) + 2 * len(KERNEL_ROWS)
+
+
+# ---- verification and drafting ------------------------------------------------------------------------
+@torch.no_grad()
+def time_verify(model, batches, nodes, contexts, repeats: int, seed: int = 0, kernels: Kernels | None = None,
+                progress: _Progress | None = None) -> list[dict]:
     """Seconds of ``Target.verify`` (and the head at the root) per (B, n, C), medians of interleaved repeats."""
     g = torch.Generator().manual_seed(seed)
     vocab = model.get_output_embeddings().weight.shape[0]
+    device = next(model.parameters()).device
+    clock = clock_for(device)
     points = []
     for context in contexts:
         for batch in batches:
-            target = Target(model)
-            ids = torch.randint(3, vocab, (batch, context + 1), generator=g)
+            target = Target(model, kernels=kernels)
+            ids = torch.randint(3, vocab, (batch, context + 1), generator=g).to(device)
             roots, _ = target.prefill(ids, torch.ones_like(ids))
-            trees = {n: DraftTree.chain(torch.randint(3, vocab, (batch, n), generator=g)) for n in nodes}
+            trees = {n: DraftTree.chain(torch.randint(3, vocab, (batch, n), generator=g).to(device)) for n in nodes}
             times = {n: [] for n in nodes}
             for r in range(repeats + 1):  # the first round warms up
                 for n in (nodes if r % 2 else reversed(nodes)):
-                    started = time.perf_counter()
+                    started = clock()
                     verification = target.verify(roots, trees[n])
-                    verification.logits_at(torch.zeros(1, dtype=torch.long)).argmax(-1)
-                    elapsed = time.perf_counter() - started
+                    verification.logits_at(torch.zeros(1, dtype=torch.long, device=device)).argmax(-1)
+                    elapsed = clock() - started
                     cache = target.cache
                     keep = cache.mask.clone()
                     keep[:, cache.width - 1 - n:] = False  # back to the context
                     cache.keep(keep)
                     if r:
                         times[n].append(elapsed)
+                if progress is not None:
+                    progress.update(len(nodes))
             points += [{"batch": batch, "nodes": n, "context": context, "seconds": statistics.median(times[n])}
                        for n in nodes]
     return points
 
 
 @torch.no_grad()
-def time_draft(model, drafter, batches, depths, repeats: int = 1, seed: int = 0) -> list[dict]:
+def time_draft(model, drafter, batches, depths, repeats: int = 1, seed: int = 0,
+               progress: _Progress | None = None) -> list[dict]:
     """A drafter's draft seconds per step at depth k and batch size B, from ``specdec.generate`` runs."""
     from .engine import generate
 
     g = torch.Generator().manual_seed(seed)
     vocab = model.get_output_embeddings().weight.shape[0]
-    prompt = torch.randint(3, vocab, (1, 96), generator=g)
+    prompt = torch.randint(3, vocab, (1, 48), generator=g).to(next(model.parameters()).device)
     reach = drafter.max_depth or max(depths)
     points = []
     for batch in batches:
@@ -73,23 +225,112 @@ def time_draft(model, drafter, batches, depths, repeats: int = 1, seed: int = 0)
                 drafted = sum(1 for step in stats.depth_chosen if max(step) > 0)
                 runs.append(stats.draft_seconds / max(drafted, 1))
             points.append({"batch": batch, "depth": k, "seconds": statistics.median(runs[1:])})
+            if progress is not None:
+                progress.update(repeats + 1)
     return points
 
 
-def profile(model, drafters: dict | None = None, quick: bool = False, grid: dict | None = None) -> LatencyModel:
-    """Profile ``model`` (and each named drafter) and fit a :class:`LatencyModel` keyed to this setting."""
+def _draft_regression(points: list[dict]):
+    dy = np.asarray([p["seconds"] for p in points])
+    return fit(lambda form: draft_features([p["batch"] for p in points], [p["depth"] for p in points], form), dy)
+
+
+def profile(model, drafters: dict | None = None, quick: bool = False, grid: dict | None = None,
+            progress: bool = False, kernels: Kernels | None = None) -> LatencyModel:
+    """Profile ``model`` (and each named drafter) and fit a :class:`LatencyModel` keyed to this setting.
+
+    ``kernels``: use these instead of measuring them (tests; a profile of given kernels)."""
     grid = {**(QUICK if quick else FULL), **(grid or {})}
-    verify = time_verify(model, grid["batches"], grid["nodes"], grid["contexts"], grid["repeats"])
-    y = np.asarray([p["seconds"] for p in verify])
-    features = lambda form: verify_features([p["batch"] for p in verify], [p["nodes"] for p in verify],  # noqa: E731
-                                            [p["context"] for p in verify], form)
-    result = LatencyModel(latency_key(model), fit(features, y), {}, {"verify": verify, "draft": {}})
-    for name, drafter in (drafters or {}).items():
-        if drafter is None:
-            continue
-        points = time_draft(model, drafter, grid["batches"], grid["depths"])
-        result.points["draft"][name] = points
-        dy = np.asarray([p["seconds"] for p in points])
-        result.draft[name] = fit(lambda form, pts=points: draft_features([p["batch"] for p in pts],
-                                                                          [p["depth"] for p in pts], form), dy)
+    drafters = {name: d for name, d in (drafters or {}).items() if d is not None}
+    verify_units = len(grid["batches"]) * len(grid["nodes"]) * len(grid["contexts"]) * (grid["repeats"] + 1)
+    draft_units = sum(len(grid["draft_batches"]) * len([k for k in grid["depths"] if k <= (d.max_depth or k)]) * 2
+                      for d in drafters.values())
+    bar = _Progress(progress, (0 if kernels else kernel_steps(model)) + verify_units + draft_units,
+                    "specdec: profiling this machine")
+    try:
+        if kernels is None:
+            kernels = measure_kernels(model, progress=bar)
+        remember(model, kernels)  # the rest of the profile, and every later forward, runs these kernels
+        verify = time_verify(model, grid["batches"], grid["nodes"], grid["contexts"], grid["repeats"],
+                             kernels=kernels, progress=bar)
+        y = np.asarray([p["seconds"] for p in verify])
+        features = lambda form: verify_features([p["batch"] for p in verify], [p["nodes"] for p in verify],  # noqa: E731
+                                                [p["context"] for p in verify], form, kernels.linear_rows)
+        result = LatencyModel(latency_key(model), fit(features, y), {}, {"verify": verify, "draft": {}},
+                              kernels.to_json())
+        for name, drafter in drafters.items():
+            points = time_draft(model, drafter, grid["draft_batches"], grid["depths"], progress=bar)
+            result.add_drafter(name, _draft_regression(points), points)
+    finally:
+        bar.close()
     return result
+
+
+def add_drafters(model, latency: LatencyModel, drafters: dict, quick: bool = True, progress: bool = False) -> None:
+    """Profile the draft cost of ``drafters`` (name -> drafter) into ``latency``."""
+    grid = QUICK if quick else FULL
+    bar = _Progress(progress, sum(len(grid["draft_batches"]) * len(grid["depths"]) * 2 for _ in drafters),
+                    "specdec: profiling the drafter")
+    try:
+        for name, drafter in drafters.items():
+            points = time_draft(model, drafter, grid["draft_batches"], grid["depths"], progress=bar)
+            latency.add_drafter(name, _draft_regression(points), points)
+    finally:
+        bar.close()
+
+
+# ---- finding the profile a policy needs ----------------------------------------------------------------
+_cache: dict[Path, tuple[float, LatencyModel]] = {}  # path -> (modification time, model)
+
+
+def _load(path: Path, key: dict) -> LatencyModel:
+    stamp = path.stat().st_mtime
+    cached = _cache.get(path)
+    if cached is None or cached[0] != stamp:
+        cached = (stamp, LatencyModel.load(path, key))
+        _cache[path] = cached
+    return cached[1]
+
+
+def latency_for(model, drafters: dict, given: LatencyModel | str | Path | None = None,
+                profile_on_first_use: bool = True) -> LatencyModel:
+    """The latency model for ``model`` with the draft cost of every drafter in ``drafters`` (name -> drafter).
+
+    ``given`` (a model or a path) must have been profiled for this model, dtype, device and thread
+    count.  Else the file ``python -m specdec.profile`` writes is used, or, the first time on a
+    machine, a short profile is made now (with a progress bar) and saved there.  A drafter the
+    profile lacks is profiled and added (and saved, for the default file)."""
+    key = latency_key(model)
+    path = default_path(key)
+    if isinstance(given, LatencyModel):
+        if given.key != key:
+            differs = {k: (given.key.get(k), v) for k, v in key.items() if given.key.get(k) != v}
+            raise ValueError(f"the latency model was profiled for another setting: {differs} (it, now)")
+        loaded, save = given, given is _cache.get(path, (None, None))[1]
+    elif given is not None:
+        loaded, save = LatencyModel.load(given, key), False
+    elif path.is_file():
+        loaded, save = _load(path, key), True
+    elif profile_on_first_use:
+        log.warning("specdec: no latency profile for %s on this machine yet; profiling it now, once (about half a "
+                    "minute for a small model on a laptop CPU; `python -m specdec.profile` makes a fuller one)",
+                    key["model"])
+        clock = clock_for(model)
+        started = clock()
+        with torch.inference_mode():
+            loaded = profile(model, drafters, quick=True, progress=True)
+        loaded.save(path)
+        _cache[path] = (path.stat().st_mtime, loaded)
+        log.warning("specdec: profiled in %.0f s; saved to %s", clock() - started, path)
+        return loaded
+    else:
+        raise FileNotFoundError(f"no latency profile for {key} at {path}; run `python -m specdec.profile`")
+    missing = {name: d for name, d in drafters.items() if name not in loaded.draft}
+    if missing:
+        log.warning("specdec: the latency profile lacks the draft cost of %s; profiling it now", ", ".join(missing))
+        with torch.inference_mode():
+            add_drafters(model, loaded, missing, progress=True)
+        if save:
+            loaded.save(path)
+            _cache[path] = (path.stat().st_mtime, loaded)
+    return loaded

@@ -18,7 +18,6 @@ and takes the committed cohorts back with ``put_back``.
 """
 from __future__ import annotations
 
-import time
 from collections import defaultdict
 
 from .engine import Cohort, Decoding
@@ -92,7 +91,7 @@ class EqualLengthPool:
         chosen, self.aligned = plan_group([job.length(c.ids[r]) for c, r in flat], self.batch_size,
                                           self.min_group_size)
         # gather the chosen rows into one cohort; the rest stay in the pool
-        started = time.perf_counter()
+        started = job.clock()
         picked: dict[int, list[int]] = defaultdict(list)
         for index in chosen:
             cohort, r = flat[index]
@@ -106,7 +105,7 @@ class EqualLengthPool:
                 rest.append(cohort.take_rows([r for r in range(cohort.size) if r not in take]))
         group = parts[0].join(parts[1:])
         self.pool = rest
-        seconds = time.perf_counter() - started
+        seconds = job.clock() - started
         job.stats.other_seconds += seconds
         if len(parts) > 1 and len({job.length(i) for i in group.ids}) > 1:  # the join padded rows
             job.note_realignment(seconds)

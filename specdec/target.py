@@ -21,7 +21,8 @@ from dataclasses import dataclass
 import torch
 
 from . import head as output_head
-from .few_rows import MAX_ROWS, few_row_linears
+from .few_rows import few_row_linears
+from .kernels import FALLBACK, FUSE_BYTES, Kernels, kernels_for
 from .kv import RaggedCache
 from .lean_llama import LeanLlama
 from .lean_llama import supports as lean_supports
@@ -41,6 +42,12 @@ class Verification:
     hidden: torch.Tensor  # [B, 1+N, H] final (normed) hidden state at each slot, root first
     head: torch.nn.Module  # the model's output embedding
     softcap: float | None = None
+    kernels: Kernels = FALLBACK  # the machine's product paths; ``cheap_head_rows`` guides greedy acceptance
+
+    @property
+    def cheap_rows(self) -> int:
+        """Rows the output head multiplies for about the cost of one."""
+        return self.kernels.cheap_head_rows
 
     def logits_at(self, slots: torch.Tensor) -> torch.Tensor:
         """Logits [B, S, V] at the slots ``slots`` [S]."""
@@ -52,7 +59,7 @@ class Verification:
         return self._project(self.hidden)
 
     def _project(self, hidden: torch.Tensor) -> torch.Tensor:
-        logits = output_head.project(self.head, hidden)
+        logits = output_head.project(self.head, hidden, self.kernels)
         if self.softcap:
             logits = torch.tanh(logits / self.softcap) * self.softcap
         return logits
@@ -61,20 +68,25 @@ class Verification:
 class Target:
     """One target model and its key/value cache for one batch of sequences."""
 
-    def __init__(self, model: torch.nn.Module, few_rows: bool = True, lean: bool = True):
-        """``few_rows``: run the model's linear layers as ``W @ x.T`` for few rows (:mod:`specdec.few_rows`).
+    def __init__(self, model: torch.nn.Module, few_rows: bool = True, lean: bool = True,
+                 kernels: Kernels | None = None):
+        """``few_rows``: run the model's linear layers as ``W @ x.T`` for few rows (:mod:`specdec.few_rows`);
+        how few, which counts are padded and whether to fuse come from ``kernels``, by default the ones
+        profiled for this model and machine (:func:`specdec.kernels.kernels_for`; the fallback without a profile).
 
         ``lean``: plain Llama models run :class:`~specdec.lean_llama.LeanLlama`, the same
         mathematics from the same weights without Hugging Face's per-call plumbing (measured on
         SmolLM2-135M, 2 threads, context 200: one token 28 against 20 ms, four 29 against 21 ms);
-        its q/k/v and gate/up products are fused when that copy is at most ``FUSE_BYTES``.
-        Other families, and ``lean=False``, run the model's own forward.
+        its q/k/v and gate/up products are fused where the kernels say it pays and that copy is at most
+        ``FUSE_BYTES``.  Other families, and ``lean=False``, run the model's own forward.
         """
         if not hasattr(model, "config") or not hasattr(model.config, "vocab_size"):
             raise TypeError(f"target must be a Hugging Face causal LM, got {type(model).__name__}")
         self.model = model
-        self.lean = LeanLlama.for_model(model, fuse=fused_copy_bytes(model) <= FUSE_BYTES) \
-            if lean and lean_supports(model) else None
+        self.kernels = kernels if kernels is not None else kernels_for(model)
+        self.lean = None
+        if lean and lean_supports(model):
+            self.lean = LeanLlama.for_model(model, fuse=self.kernels.fuse and fused_copy_bytes(model) <= FUSE_BYTES)
         self.decoder = model.get_decoder()
         self.head = model.get_output_embeddings()
         self.softcap = getattr(model.config, "final_logit_softcapping", None)
@@ -128,14 +140,14 @@ class Target:
         hidden = self._forward(tree.verify_inputs(roots), mask, tree.position_ids(self.cache.lengths))
         self.forwards += 1
         self.cache.appended(torch.ones(b, n1, dtype=torch.bool))
-        return Verification(hidden, self.head, self.softcap)
+        return Verification(hidden, self.head, self.softcap, self.kernels)
 
     def _forward(self, input_ids, attention_mask, position_ids) -> torch.Tensor:
         """The backbone's final hidden states [B, T, H], the new entries appended to the cache."""
         if self.lean is not None:
             return self.lean(input_ids, attention_mask, position_ids, self.cache.layers,
-                             MAX_ROWS if self.few_rows else 0)
-        with few_row_linears(self.decoder, self.few_rows):
+                             self.kernels.linear_rows if self.few_rows else 0, self.kernels.padded_rows)
+        with few_row_linears(self.decoder, self.few_rows, self.kernels):
             return self.decoder(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
                                 past_key_values=self.cache.kv, use_cache=True).last_hidden_state
 
@@ -174,9 +186,6 @@ class Target:
         out = copy.copy(self)
         out.cache, out.forwards = None, 0
         return out
-
-
-FUSE_BYTES = 1 << 30  # LeanLlama fuses q/k/v and gate/up when their concatenated copy is at most this
 
 
 def fused_copy_bytes(model: torch.nn.Module) -> int:
