@@ -13,12 +13,12 @@ the loop both run.
 from __future__ import annotations
 
 import copy
-import time
 from dataclasses import dataclass
 
 import torch
 
 from .acceptance import Acceptance, accept
+from .clock import Clock, clock_for
 from .config import DecodeConfig, resolve
 from .drafters.base import CommitUpdate, Drafter, DraftRequest
 from .inputs import assemble, check_inputs, eos_ids, pad_id, truncate
@@ -71,7 +71,9 @@ class Cohort:
 class Step:
     """What one step proposed, saw and accepted for every row of a cohort, before the commit."""
 
-    tree: DraftTree
+    tree: DraftTree  # the tree verified: the proposal, cut to the plan and pruned, compacted
+    proposal: DraftTree  # the tree as the drafter proposed it
+    origin: torch.Tensor | None  # [B, N'] proposal node of each verified node (-1 placeholders); None: the same
     proposed: bool  # whether the drafter proposed (else the tree is empty)
     depth: list[int]  # depth each row was allowed
     acceptance: Acceptance
@@ -83,12 +85,14 @@ class Step:
 
     def take_rows(self, rows: list[int]) -> "Step":
         index = torch.tensor(rows, dtype=torch.long, device=self.roots.device)
-        return Step(self.tree.take_rows(index), self.proposed, [self.depth[r] for r in rows],
+        return Step(self.tree.take_rows(index), self.proposal.take_rows(index),
+                    None if self.origin is None else self.origin[index], self.proposed, [self.depth[r] for r in rows],
                     self.acceptance.take_rows(rows), self.hidden[index], self.roots[index],
                     self.draft_seconds, self.verify_seconds, self.accept_seconds)
 
     def update(self) -> CommitUpdate:
-        """The drafter's view: tokens the target cached (old root, accepted nodes) and their states."""
+        """The drafter's view: tokens the target cached (old root, accepted nodes) and their states,
+        the accepted paths numbered as in its own proposal."""
         paths = self.acceptance.paths
         b = len(paths)
         width = 1 + max(len(p) for p in paths)
@@ -101,14 +105,19 @@ class Step:
         slots, real = slots.to(device), real.to(device)
         tokens = torch.cat([self.roots[:, None], self.tree.tokens], dim=1).gather(1, slots)
         hidden = self.hidden.gather(1, slots[..., None].expand(-1, -1, self.hidden.shape[-1]))
-        return CommitUpdate(self.tree, self.proposed, paths, tokens, real, hidden, self.acceptance.next_tokens)
+        if self.origin is not None:
+            origin = self.origin.tolist()
+            paths = [[origin[row][node] for node in path] for row, path in enumerate(paths)]
+        return CommitUpdate(self.proposal, self.proposed, paths, tokens, real, hidden, self.acceptance.next_tokens)
 
 
 class Decoding:
     """One decoding job: its settings, every sequence's tokens so far, and the step."""
 
-    def __init__(self, model, drafter: Drafter | None, config: DecodeConfig, rng: Randomness):
+    def __init__(self, model, drafter: Drafter | None, config: DecodeConfig, rng: Randomness,
+                 clock: Clock | None = None):
         self.model = model
+        self.clock = clock if clock is not None else clock_for(model)  # synchronises an accelerator
         self.drafter = drafter
         self.config = config
         self.sampling = config.sampling
@@ -116,7 +125,7 @@ class Decoding:
         self.eos = eos_ids(model, config.eos_token_id)
         self.pad = pad_id(model, config.pad_token_id, self.eos)
         self.rng = rng
-        self.policy = as_policy(config.speculation, drafter.num_tokens if drafter is not None else 0)
+        self.policy = as_policy(config.speculation, drafter)
         self.policy.start(model, drafter)
         self._predicted: float | None = None
         self.stats = DecodeStats()
@@ -132,7 +141,7 @@ class Decoding:
 
     def admit(self, ids: list[int], input_ids: torch.Tensor, attention_mask: torch.Tensor) -> Cohort:
         """Prefill the prompts of sequences ``ids`` (a left-padded batch) into a new cohort."""
-        started = time.perf_counter()
+        started = self.clock()
         target = Target(self.model)
         roots, hidden = target.prefill(input_ids, attention_mask)
         self.stats.target_forwards += int(input_ids.shape[1] > 1)
@@ -142,7 +151,7 @@ class Decoding:
         for i, row, m in zip(ids, input_ids, attention_mask):
             self.committed[i] = row[m.bool()].tolist()
             self.generated[i] = []
-        self.stats.prefill_seconds += time.perf_counter() - started
+        self.stats.prefill_seconds += self.clock() - started
         return Cohort(list(ids), target, drafter, roots)
 
     def length(self, sequence: int) -> int:
@@ -151,28 +160,32 @@ class Decoding:
 
     def step(self, cohort: Cohort) -> Step:
         """1. propose, 2. verify and 3. accept, for every row of ``cohort``; :meth:`commit` follows."""
-        t0 = time.perf_counter()
+        t0 = self.clock()
         depth, nodes = self._plan(cohort)
         # 1. propose
         proposed = any(depth)
+        origin = None
         if proposed:
             lengths = torch.tensor([self.length(i) for i in cohort.ids], device=cohort.roots.device)
             request = DraftRequest(cohort.roots, lengths, depth, self.sampling, self.rng, nodes)
-            tree = cohort.drafter.propose(request)
-            _check_tree(tree, request)
-            tree = tree.limited(depth, nodes)
+            proposal = cohort.drafter.propose(request)
+            _check_tree(proposal, request)
+            limited = proposal.limited(depth, nodes)
+            keep = self.policy.prune(limited) if limited.num_nodes else None
+            tree, origin = limited.select(limited.node_valid if keep is None else keep)
         else:
-            tree = DraftTree.empty(cohort.size, cohort.roots.device)
-        t1 = time.perf_counter()
+            tree = proposal = DraftTree.empty(cohort.size, cohort.roots.device)
+        t1 = self.clock()
         # 2. verify
         verification = cohort.target.verify(cohort.roots, tree)
         self.stats.target_forwards += 1
-        t2 = time.perf_counter()
+        t2 = self.clock()
         # 3. accept
         acceptance = accept(tree, verification, self.sampling, self.rng, self.typical)
-        t3 = time.perf_counter()
+        t3 = self.clock()
         self.stats.other_seconds += t3 - t2
-        return Step(tree, proposed, depth, acceptance, verification.hidden, cohort.roots, t1 - t0, t2 - t1, t3 - t2)
+        return Step(tree, proposal, origin, proposed, depth, acceptance, verification.hidden, cohort.roots,
+                    t1 - t0, t2 - t1, t3 - t2)
 
     def _plan(self, cohort: Cohort) -> tuple[list[int], list[int | None] | None]:
         """Each row's depth (the policy's, within the row's budget and the drafter's reach) and node budget."""
@@ -197,7 +210,7 @@ class Decoding:
         Finished rows leave.  ``regroup(rows)`` may split the rows that go on into groups
         (EXSPEC: by their new lengths), each committed as its own cohort; returns the cohorts.
         """
-        started = time.perf_counter()
+        started = self.clock()
         stats = self.stats
         paths, next_tokens = step.acceptance.paths, step.acceptance.next_tokens.tolist()
         tokens = step.tree.tokens.tolist() if any(paths) else None
@@ -227,27 +240,28 @@ class Decoding:
         groups = regroup(self, cohort, still) if regroup is not None else ([still] if still else [])
         parts = []
         for rows in groups:
-            t0 = time.perf_counter()
+            t0 = self.clock()
             part = cohort.take_rows(rows)
             part_step = step if part is cohort else step.take_rows(rows)
             if len(groups) > 1:
-                stats.regroup_seconds += time.perf_counter() - t0
-            t0 = time.perf_counter()
+                stats.regroup_seconds += self.clock() - t0
+            t0 = self.clock()
             if part.target.commit(part_step.acceptance.paths, part_step.tree.num_nodes):
-                self.note_realignment(time.perf_counter() - t0)
+                self.note_realignment(self.clock() - t0)
             if part.drafter is not None:
                 part.drafter.commit(part_step.update())
             part.roots = part_step.acceptance.next_tokens
             parts.append(part)
         stats.realignments += int(self.realigned)
         self.realigned = False
-        committed = time.perf_counter() - started
+        committed = self.clock() - started
         stats.other_seconds += committed
         # 5. adapt: the policy sees the whole step, acceptance and the caches' commit (realignment) included
         other = step.accept_seconds + committed
         stats.step_seconds.append(step.draft_seconds + step.verify_seconds + other)
         self.policy.observe(StepReport(list(cohort.ids), list(step.depth), list(step.tree.valid_counts),
-                                       [len(p) for p in paths], step.draft_seconds, step.verify_seconds, other))
+                                       [len(p) for p in paths], step.draft_seconds, step.verify_seconds, other,
+                                       step.tree, paths))
         return parts
 
     @staticmethod
@@ -259,7 +273,7 @@ class Decoding:
 
     def finish(self, started: float) -> None:
         stats = self.stats
-        stats.total_seconds = time.perf_counter() - started
+        stats.total_seconds = self.clock() - started
         stats.other_seconds += stats.prefill_seconds
         stats.row_tokens = [len(self.generated[i]) for i in sorted(self.generated)]
         stats.tokens_generated = sum(stats.row_tokens)
@@ -316,7 +330,7 @@ def generate(
     if attention_mask is None:
         attention_mask = torch.ones_like(input_ids)
     job = new_job(model, drafter, settings, randomness, input_ids.device)
-    started = time.perf_counter()
+    started = job.clock()
     with torch.no_grad():
         if streamer is not None:
             job.stream = BatchStream(streamer, input_ids, job.pad)

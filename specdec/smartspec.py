@@ -1,232 +1,209 @@
-"""SmartSpec (Liu et al., 2024): each step's speculation length from goodput, down to plain decoding.
+"""SmartSpec: each step's draft depth and tree from goodput, down to plain decoding.
 
-Before every step, for the batch at hand, SmartSpec picks the depth K in 0..``max_depth`` that
-maximises
+Goodput is expected tokens per second (Liu et al., 2024, "Optimizing Speculative Decoding for
+Serving LLMs Using Goodput").  SmartSpec chose one speculation length per step; here the whole
+tree is sized, in two moves per step:
 
-    goodput(K) = sum over rows of E_r[tokens | K]  /  (T_verify(B, nodes(K), C) + T_draft(B, K))
+1. **Before drafting** (:meth:`SmartSpec.plan`), the depth K.  For every K up to the drafter's
+   reach, the drafter's largest tree at that depth (:meth:`~specdec.drafters.Drafter.tree_template`,
+   e.g. Medusa's card tree, Chimera's dynamic tree, a chain) is valued node by node from the
+   acceptance learnt per (depth, sibling rank) (:mod:`specdec.acceptance_rates`); its best subtree
+   of every width m is read off (:mod:`specdec.pruning`), and the step's goodput is
 
-where E_r[tokens | K] = 1 + sum_{i<=K} prod_{j<=i} a_j with a_j the acceptance rate at draft
-position j (of the steps allowed to draft position j whose path reached it, the share where the
-drafter proposed it and the target accepted it; a drafter that proposes nothing, such as prompt
-lookup without a match, misses, so the estimate is of a step *allowed* depth K): per row an
-exponential moving average, backed by the batch-wide estimate until the row has seen
-``min_row_observations`` drafts at that position, and started from ``prior``, or from the
-acceptance by position in a ``card`` attribute of the drafter where it has one (the packaged
-drafters set none: on the distilled draft at batch 1, starting from its card's 0.30, 0.32, 0.54
-measured no better than 0.5 everywhere, 34.7 against 35.4 tokens/s over 12 prompts).  T comes from a :class:`~specdec.latency.LatencyModel`
-profiled for this model, dtype, device and thread count: loaded from ``latency`` (a model or a
-path), else from the default file (``python -m specdec.profile`` writes it), else profiled on
-first use with a short grid (it says so).  K = 0, plain decoding, wins unless drafting's goodput
-beats it by ``margin`` (1.0: no margin; the authors' code uses 1.1).  While K = 0 no acceptance
-is observed, so after ``probe_every`` such steps one step drafts a single token to look again:
-acceptance that rises in the middle of a sequence brings drafting back.  Probes that change
-nothing double the interval, up to ``4 * probe_every``; choosing to draft resets it.
+       sum over rows of E_r[tokens | K, m]  /  (T_draft(B, K) + T_verify(B, m, C)),
 
-Tree drafters: the node budget grows with depth in proportion to the drafter's own
-(``nodes(K) = ceil(num_nodes * K / num_tokens)``).  Every row of a batch drafts the same K (the
-verification is one dense forward, so a shorter row saves nothing), except where its budget
-cuts it.  The policy records its predicted step time; the engine records the measured one.
+   weighted by how often a row proposes at all.  The best (K, m) names K; K = 0 is plain decoding,
+   and wins unless drafting's goodput beats it by ``margin`` (1.0: no margin; the authors' code
+   uses 1.1).
+2. **After drafting** (:meth:`SmartSpec.prune`), the tree the drafter actually proposed (its
+   card tree, cut to depth K) is pruned per row to its best subtree of a common width m: the m
+   maximising goodput with the draft's predicted time already spent.  Rows keep their own nodes
+   and may keep fewer (a row whose lookup matched nothing keeps none).  Kept sibling sets are
+   prefixes of their draw order, so sampled trees stay lossless.
 
-The profile times the target and the drafter in isolation; a real step also pays the engine's
-own work (acceptance, and the caches' commit: realigning rows that accepted different numbers of
-tokens) and runs with caches the other model just evicted.  So predictions are corrected
-online: per batch size and depth, a moving average of measured over predicted seconds
-(``time_decay``) multiplies the profile's prediction once that depth has been observed
-``min_time_observations`` times at that batch size; until then a drafting depth takes the correction
-of the nearest drafting depth observed at that batch size (drafting steps share their overheads),
-and plain decoding none.  ``correct_times=False`` trusts the latency model as it is.
+From Sequoia (Chen et al., 2024) this takes the positional acceptance vector, per depth and
+sibling rank, and the choice of tree size against a measured cost curve; from EAGLE-2 (Li et al.,
+2024) the per-step pruning of a drafted tree to the nodes of highest path probability (with the
+learnt rates as the probability, not the draft's confidence); from SmartSpec the goodput rule, the
+profiled cost model with online correction (:mod:`specdec.step_time`), and K = 0.
+
+T comes from a :class:`~specdec.latency.LatencyModel` profiled for this model, dtype, device and
+thread count: ``latency`` (a model or a path), else the file ``python -m specdec.profile``
+writes, else profiled on first use with a short grid (it says so and shows a progress bar).
+While K = 0 nothing is observed, so after ``probe_every`` such steps one step drafts one level
+and keeps at least one node per row: acceptance that rises mid-sequence brings drafting back.
+Probes that change nothing double the interval, up to ``4 * probe_every``.
+
+One SmartSpec learns across the jobs it serves (what ``drafter.default_policy()`` relies on): the
+batch-wide acceptance and the time corrections carry over, the per-row rates start afresh.
 """
 from __future__ import annotations
 
-import logging
-import math
 from pathlib import Path
 
-from .latency import LatencyModel, default_path, latency_key
-from .speculation import SpeculationPlan, SpeculationPolicy, StepContext, StepReport
+import torch
 
-log = logging.getLogger("specdec.smartspec")
+from .acceptance_rates import RankRates, geometric_prior
+from .latency import LatencyModel
+from .pruning import best_width, expected_tokens, growth_order, node_depths, path_values
+from .speculation import SpeculationPlan, SpeculationPolicy, StepContext, StepReport
+from .step_time import StepTimes
+
+HISTORY = 100_000  # steps of history a policy keeps (for reports and traces)
 
 
 class SmartSpec(SpeculationPolicy):
     def __init__(self, max_depth: int | None = None, latency: LatencyModel | str | Path | None = None,
-                 prior: float | list[float] = 0.5, decay: float = 0.9, margin: float = 1.0,
-                 min_row_observations: int = 8, profile_on_first_use: bool = True, probe_every: int = 16,
+                 prior: float | list[float] = 0.5, decay: float = 0.97, margin: float = 1.0,
+                 row_weight: float = 8.0, profile_on_first_use: bool = True, probe_every: int = 16,
                  time_decay: float = 0.8, min_time_observations: int = 3, correct_times: bool = True):
         if max_depth is not None and (isinstance(max_depth, bool) or not isinstance(max_depth, int) or max_depth < 1):
             raise ValueError(f"max_depth must be an int >= 1 or None, got {max_depth!r}")
         priors = [prior] if isinstance(prior, (int, float)) else list(prior)
         if not priors or any(not 0.0 <= float(p) <= 1.0 for p in priors):
             raise ValueError(f"prior must be an acceptance rate in [0, 1] or a list of them, got {prior!r}")
-        if not 0.0 <= decay < 1.0:
-            raise ValueError(f"decay must be in [0, 1), got {decay!r}")
         if margin < 1.0:
             raise ValueError(f"margin must be >= 1 (1: none), got {margin!r}")
         if not isinstance(latency, (LatencyModel, str, Path, type(None))):
             raise TypeError(f"latency must be a LatencyModel, a path or None, got {type(latency).__name__}")
-        self.max_depth, self.latency, self.prior = max_depth, latency, [float(p) for p in priors]
-        self.decay, self.margin, self.min_row = decay, margin, min_row_observations
-        self.profile_on_first_use = profile_on_first_use
         if isinstance(probe_every, bool) or not isinstance(probe_every, int) or probe_every < 1:
             raise ValueError(f"probe_every must be an int >= 1, got {probe_every!r}")
-        self.probe_every, self._idle, self._probe_interval = probe_every, 0, probe_every
         if not 0.0 <= time_decay < 1.0:
             raise ValueError(f"time_decay must be in [0, 1), got {time_decay!r}")
-        self.time_decay, self.min_time = float(time_decay), int(min_time_observations)
-        self.correct_times = bool(correct_times)
-        self.time_ratio: dict[tuple[int, int], float] = {}  # (batch, depth) -> measured / profiled seconds
-        self.time_count: dict[tuple[int, int], int] = {}
-        self.batch_rates: list[float] = []  # per position, batch-wide
-        self.row_rates: dict[int, list[float]] = {}  # per sequence, per position
-        self.row_counts: dict[int, list[int]] = {}
-        self.drafter_name = "drafter"
-        self.history: list[dict] = []  # per step: chosen depth, predicted and measured seconds
+        self.max_depth, self.latency, self.margin = max_depth, latency, float(margin)
+        self.rates = RankRates(geometric_prior(priors), decay, row_weight)
+        self.profile_on_first_use = profile_on_first_use
+        self.probe_every, self._idle, self._probe_interval = probe_every, 0, probe_every
+        self.time_decay, self.min_time, self.correct_times = float(time_decay), int(min_time_observations), bool(correct_times)
+        self.times: StepTimes | None = None
+        self.drafter = None
+        self.depth_limit = 0
+        self.node_limit = 0
+        self._template: tuple[list[int], list[int]] | None = None
+        self._step: dict | None = None  # the step being planned: depth, probe, predicted times
+        self.history: list[dict] = []  # per step: depth, width, predicted and measured seconds
 
     # ---- set-up ---------------------------------------------------------------------------------
     def start(self, model, drafter) -> None:
-        """Bind to the job's model and drafter: the latency model, the priors, the depth limit."""
-        self.row_rates.clear()  # sequence ids are per job; what was learnt for the batch carries over
-        self.row_counts.clear()
+        """Bind to the job's model and drafter: the latency model, the depth limit, the drafter's tree shapes."""
+        self.rates.forget_rows()  # sequence ids are per job; what was learnt for the batch carries over
         if drafter is None:
             return
-        self.drafter_name = type(drafter).__name__
-        self.default_depth = int(drafter.num_tokens)
-        self.default_nodes = getattr(drafter, "num_nodes", None)
-        limit = drafter.max_depth or max(8, self.default_depth)
-        self.depth_limit = min(self.max_depth or limit, limit)
-        card = getattr(drafter, "card", None) or {}
-        measured = (card.get("measured") or {}).get("acceptance_by_position")
-        if measured and not self.batch_rates:
-            self.prior = [float(a) for a in measured]
-        if not self.batch_rates:
-            self.batch_rates = [self._prior(i) for i in range(self.depth_limit)]
-        self.latency = self._latency_model(model, drafter)
+        name = drafter.cost_name
+        if self.times is None or self.times.drafter_name != name or self.drafter is not drafter:
+            from .profiling import latency_for
 
-    def _latency_model(self, model, drafter) -> LatencyModel:
-        key = latency_key(model)
-        if isinstance(self.latency, LatencyModel):
-            if self.latency.key != key:
-                differs = {k: (self.latency.key.get(k), v) for k, v in key.items() if self.latency.key.get(k) != v}
-                raise ValueError(f"the latency model was profiled for another setting: {differs} (it, now)")
-            loaded = self.latency
-        elif self.latency is not None:
-            loaded = LatencyModel.load(self.latency, key)
-        elif default_path(key).is_file():
-            loaded = LatencyModel.load(default_path(key), key)
-        elif self.profile_on_first_use:
-            from .profiling import profile
+            latency = latency_for(model, {name: drafter}, self.latency if self.times is None else self.times.latency,
+                                  self.profile_on_first_use)
+            if self.times is None or self.times.latency is not latency or self.times.drafter_name != name:
+                self.times = StepTimes(latency, name, self.correct_times, self.time_decay, self.min_time)
+            self.latency = latency
+        if self.drafter is not drafter:
+            self._template = None
+        self.drafter = drafter
+        want = self.max_depth or int(drafter.num_tokens)  # the drafter's own depth bounds its trees
+        self.depth_limit = want if drafter.max_depth is None else min(want, drafter.max_depth)
+        self.node_limit = int(getattr(drafter, "num_nodes", None) or 64)
 
-            log.warning("SmartSpec: no latency profile for %s; profiling a short grid now "
-                        "(run `python -m specdec.profile` once to keep a full one)", key)
-            loaded = profile(model, {self.drafter_name: drafter}, quick=True)
-            loaded.save(default_path(key))
-        else:
-            raise FileNotFoundError(f"no latency profile for {key} at {default_path(key)}; "
-                                    "run `python -m specdec.profile`")
-        if self.drafter_name not in loaded.draft:
-            from .profiling import profile
+    def template(self) -> tuple[list[int], list[int]]:
+        """Parents and depths of the drafter's largest tree, ``depth_limit`` levels deep (built once).
 
-            log.warning("SmartSpec: the latency profile lacks %s's draft cost; profiling it now", self.drafter_name)
-            extra = profile(model, {self.drafter_name: drafter}, quick=True)
-            loaded.add_drafter(self.drafter_name, extra.draft[self.drafter_name],
-                               extra.points.get("draft", {}).get(self.drafter_name))
-        return loaded
+        The tree at a smaller depth K is its nodes of depth <= K: the drafters' trees grow level by level."""
+        if self._template is None:
+            parents = list(self.drafter.tree_template(self.depth_limit))
+            self._template = (parents, node_depths(parents))
+        return self._template
 
-    def _prior(self, position: int) -> float:
-        return self.prior[min(position, len(self.prior) - 1)]
-
-    # ---- the decision ---------------------------------------------------------------------------
-    def rates(self, sequence: int) -> list[float]:
-        """Acceptance rate per draft position for a row: its own where it has enough evidence, else the batch's."""
-        own, counts = self.row_rates.get(sequence), self.row_counts.get(sequence)
-        if own is None:
-            return list(self.batch_rates)
-        return [o if c >= self.min_row else b for o, c, b in zip(own, counts, self.batch_rates)]
-
-    @staticmethod
-    def expected_tokens(rates: list[float], depth: int) -> float:
-        """1 + sum_{i<=depth} prod_{j<=i} a_j: tokens a step yields when drafting ``depth`` deep."""
-        total, chain = 1.0, 1.0
-        for a in rates[:depth]:
-            chain *= a
-            total += chain
-        return total
-
-    def nodes(self, depth: int) -> int:
-        if self.default_nodes is None or depth == 0:
-            return depth
-        return max(depth, math.ceil(self.default_nodes * depth / max(self.default_depth, 1)))
-
-    def profiled_seconds(self, batch: int, depth: int, context: float) -> float:
-        """The latency model's step time: verification of the depth's nodes plus drafting them."""
-        return (self.latency.verify_seconds(batch, self.nodes(depth), context)
-                + self.latency.draft_seconds(self.drafter_name, batch, depth))
-
-    def time_correction(self, batch: int, depth: int) -> float:
-        """Measured over profiled seconds for (batch, depth): its own average once observed enough; for a
-        drafting depth not yet observed, that of the nearest drafting depth observed at this batch size
-        (drafting steps share their overheads); else 1."""
-        if not self.correct_times:
-            return 1.0
-        if self.time_count.get((batch, depth), 0) >= self.min_time:
-            return self.time_ratio[(batch, depth)]
-        if depth == 0:
-            return 1.0
-        seen = [k for (b, k), n in self.time_count.items() if b == batch and k > 0 and n >= self.min_time]
-        if not seen:
-            return 1.0
-        return self.time_ratio[(batch, min(seen, key=lambda k: (abs(k - depth), k)))]
-
-    def step_seconds(self, batch: int, depth: int, context: float) -> float:
-        return self.profiled_seconds(batch, depth, context) * self.time_correction(batch, depth)
-
+    # ---- before drafting: the depth ---------------------------------------------------------------
     def plan(self, context: StepContext) -> SpeculationPlan:
-        if getattr(self, "latency", None) is None or not isinstance(self.latency, LatencyModel):
+        if self.times is None:
             raise RuntimeError("SmartSpec.plan before start(): the engine binds the policy to its model first")
         b = context.batch_size
         mean_context = sum(context.lengths) / b
-        rates = [self.rates(s) for s in context.sequences]
-        profiled = [self.profiled_seconds(b, depth, mean_context) for depth in range(self.depth_limit + 1)]
-        best_depth, best, predicted = 0, None, None
-        for depth, raw in enumerate(profiled):
-            tokens = sum(self.expected_tokens(r, min(depth, left - 1)) for r, left in zip(rates, context.remaining))
-            seconds = raw * self.time_correction(b, depth)
-            goodput = tokens / seconds * (self.margin if depth == 0 else 1.0)
-            if best is None or goodput > best:
-                best_depth, best, predicted = depth, goodput, seconds
-        self._idle = self._idle + 1 if best_depth == 0 else 0
-        if best_depth > 0:
+        parents, depths = self.template()
+        widest = min(len(parents), self.node_limit)
+        rows = [self._ordered_values(s, parents) for s in context.sequences]
+        choice = (0, 0, None)  # depth, width, goodput
+        for depth in range(self.depth_limit + 1):
+            seconds = self.times.seconds(b, depth, mean_context, widest if depth else 0)
+            gains = [self._gains(values, share, depths, order, min(depth, left - 1), widest)
+                     for (values, order, share), left in zip(rows, context.remaining)]
+            width, goodput = best_width(gains, seconds.__getitem__, len(seconds) - 1)
+            if depth == 0:
+                goodput *= self.margin
+            if choice[2] is None or goodput > choice[2] * (1 + 1e-9):
+                choice = (depth, width, goodput)
+        depth = choice[0] if choice[1] > 0 else 0
+        self._idle = self._idle + 1 if depth == 0 else 0
+        probe = False
+        if depth > 0:
             self._probe_interval = self.probe_every
-        if self._idle >= self._probe_interval and self.depth_limit >= 1:  # look at the acceptance again
-            best_depth, predicted, self._idle = 1, profiled[1] * self.time_correction(b, 1), 0
-            # probes that change nothing come ever more rarely (up to 4x): at batch 8 a probe step costs
-            # half a step more, which was 3% of throughput at one probe every 16 steps
+        elif self._idle >= self._probe_interval and self.depth_limit >= 1:  # look at the acceptance again
+            depth, probe, self._idle = 1, True, 0
             self._probe_interval = min(2 * self._probe_interval, 4 * self.probe_every)
-        nodes = None
-        if self.default_nodes is not None:
-            nodes = [self.nodes(min(best_depth, left - 1)) for left in context.remaining]
-        self.history.append({"depth": best_depth, "predicted_seconds": predicted, "batch": b,
-                             "profiled_seconds": profiled[best_depth]})
-        return SpeculationPlan([best_depth] * b, nodes, predicted)
+        self._step = {"depth": depth, "probe": probe, "batch": b, "context": mean_context,
+                      "sequences": list(context.sequences)}
+        predicted = self.times.seconds(b, depth, mean_context, choice[1])[choice[1] if depth else 0]
+        return SpeculationPlan([depth] * b, None, predicted)
 
+    def _ordered_values(self, sequence: int, parents: list[int]) -> tuple[list[float], list[int], float]:
+        values = path_values(parents, self.rates.rates_of(sequence))
+        return values, growth_order(parents, values), self.rates.proposes(sequence)
+
+    @staticmethod
+    def _gains(values, share: float, depths: list[int], order: list[int], depth: int, widest: int) -> list[float]:
+        """Expected tokens with the best m nodes no deeper than ``depth``, m = 0..widest, weighted by
+        ``share``, how often the row proposes at all."""
+        gains = [1.0]
+        if depth <= 0:
+            return gains
+        for node in order:
+            if len(gains) > widest:
+                break
+            if depths[node] <= depth:
+                gains.append(gains[-1] + share * values[node])
+        return gains
+
+    # ---- after drafting: the tree -------------------------------------------------------------------
+    def prune(self, tree) -> torch.Tensor | None:
+        step = self._step
+        if step is None or not tree.num_nodes:
+            return None
+        b, depth, context = step["batch"], step["depth"], step["context"]
+        orders, gains = [], []
+        for sequence, parents, valid in zip(step["sequences"], tree.parents.tolist(), tree.node_valid.tolist()):
+            values = path_values(parents, self.rates.rates_of(sequence), valid)
+            order = growth_order(parents, values, valid)
+            orders.append(order)
+            gains.append(expected_tokens(values, order))
+        seconds = self.times.seconds(b, depth, context, max(len(o) for o in orders))
+        width, _ = best_width(gains, seconds.__getitem__, len(seconds) - 1)
+        if step["probe"]:
+            width = max(width, 1)
+        keep = torch.zeros(tree.tokens.shape, dtype=torch.bool)
+        for row, order in enumerate(orders):
+            keep[row, order[:width]] = True
+        return keep.to(tree.tokens.device)
+
+    # ---- after the step -----------------------------------------------------------------------------
     def observe(self, report: StepReport) -> None:
-        if self.history and "measured_seconds" not in self.history[-1]:
-            last = self.history[-1]
-            last["measured_seconds"] = measured = report.draft_seconds + report.verify_seconds + report.other_seconds
-            ratio = measured / max(last["profiled_seconds"], 1e-9)
-            key, keep = (last["batch"], last["depth"]), self.time_decay
-            seen = self.time_count.get(key, 0)
-            self.time_ratio[key] = ratio if seen == 0 else keep * self.time_ratio[key] + (1 - keep) * ratio
-            self.time_count[key] = seen + 1
-        keep = self.decay
-        for sequence, depth, _proposed, accepted in zip(report.sequences, report.depth, report.proposed,
-                                                       report.accepted):
-            own = self.row_rates.setdefault(sequence, list(self.batch_rates))
-            counts = self.row_counts.setdefault(sequence, [0] * len(self.batch_rates))
-            # every position the row was allowed and reached counts, drafted or not: a drafter that came up
-            # short (prompt lookup without a match) missed there, so the rates give E[tokens | depth k]
-            for position in range(min(depth, accepted + 1, len(self.batch_rates))):
-                hit = 1.0 if position < accepted else 0.0  # reached position+1; accepted it or not
-                own[position] = keep * own[position] + (1 - keep) * hit
-                counts[position] += 1
-                self.batch_rates[position] = keep * self.batch_rates[position] + (1 - keep) * hit
+        step, self._step = self._step, None
+        measured = report.draft_seconds + report.verify_seconds + report.other_seconds
+        if step is not None:
+            width = report.tree.num_nodes if report.tree is not None else max(report.proposed, default=0)
+            profiled = self.times.profiled(step["batch"], step["depth"], width, step["context"])
+            predicted = profiled * self.times.correction(step["batch"], width)
+            if len(self.history) >= HISTORY:  # a policy kept for a long time keeps its recent steps only
+                del self.history[:HISTORY // 2]
+            self.history.append({"depth": step["depth"], "width": width, "batch": step["batch"],
+                                 "predicted_seconds": predicted, "profiled_seconds": profiled,
+                                 "measured_seconds": measured})
+            self.times.observe(step["batch"], width, profiled, measured)
+        if report.tree is None or report.paths is None:
+            return
+        parents_rows, valid_rows = report.tree.parents.tolist(), report.tree.node_valid.tolist()
+        for row, (sequence, depth) in enumerate(zip(report.sequences, report.depth)):
+            self.rates.observe(sequence, parents_rows[row], valid_rows[row], report.paths[row], allowed=depth > 0)
+
+    def __repr__(self) -> str:
+        return f"SmartSpec(max_depth={self.max_depth}, drafter={getattr(self.times, 'drafter_name', None)})"

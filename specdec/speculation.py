@@ -8,14 +8,22 @@ for that row; the engine never drafts past a row's budget, whatever the plan say
 that draft less than the deepest get placeholder nodes, so one row near its budget does not
 turn drafting off for its neighbours.
 
-``generate(speculation=k)`` with an int is :class:`FixedLength`; ``None`` is the drafter's own
-``num_tokens``.  Adaptive policies (SmartSpec's goodput rule) subclass
-:class:`SpeculationPolicy`.
+After the drafter proposed, the policy may prune the tree (:meth:`SpeculationPolicy.prune`): the
+nodes it drops are not verified, and the engine compacts what is left.
+
+``generate(speculation=k)`` with an int is :class:`FixedLength` (``0``: plain decoding); ``None``
+with a drafter is the goodput policy, :class:`~specdec.smartspec.SmartSpec`, one per drafter
+(:meth:`~specdec.drafters.Drafter.default_policy`), so that what it learns carries over from call
+to call.  Adaptive policies subclass :class:`SpeculationPolicy`.
 """
 from __future__ import annotations
 
 import abc
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import torch
 
 
 @dataclass(frozen=True)
@@ -63,6 +71,8 @@ class StepReport:
     draft_seconds: float
     verify_seconds: float
     other_seconds: float = 0.0  # acceptance and the commit (cache realignment, regrouping)
+    tree: object = None  # the DraftTree that was verified (after pruning), or None
+    paths: list[list[int]] | None = None  # per row, the accepted nodes of ``tree`` from depth 1 down
 
 
 class SpeculationPolicy(abc.ABC):
@@ -74,6 +84,11 @@ class SpeculationPolicy(abc.ABC):
     @abc.abstractmethod
     def plan(self, context: StepContext) -> SpeculationPlan:
         """The depth (and node budget) per row for the next step."""
+
+    def prune(self, tree) -> "torch.Tensor | None":
+        """After the proposal: which nodes of ``tree`` (a DraftTree, already cut to the plan) to verify, as a
+        [B, N] bool mask closed under parents and earlier siblings; None keeps them all."""
+        return None
 
     def observe(self, report: StepReport) -> None:
         """Hear what the step did (acceptance, timings); adaptive policies learn from it."""
@@ -98,10 +113,16 @@ class FixedLength(SpeculationPolicy):
         return f"FixedLength({self.k})"
 
 
-def as_policy(speculation, default_k: int) -> SpeculationPolicy:
-    """The policy object for ``generate(speculation=...)``: None -> the drafter's own length."""
+def default_policy(drafter) -> SpeculationPolicy:
+    """The policy ``generate`` uses for ``drafter`` when given no ``speculation``: its goodput policy."""
+    return drafter.default_policy()
+
+
+def as_policy(speculation, drafter) -> SpeculationPolicy:
+    """The policy object for ``generate(speculation=...)``: None -> the drafter's goodput policy
+    (plain decoding without a drafter)."""
     if speculation is None:
-        return FixedLength(default_k)
+        return default_policy(drafter) if drafter is not None else FixedLength(0)
     if isinstance(speculation, int) and not isinstance(speculation, bool):
         return FixedLength(speculation)
     if isinstance(speculation, SpeculationPolicy):

@@ -98,11 +98,58 @@ class DraftTree:
         valid = self.node_valid & within
         if bool(valid.all()):
             return self
+        return self._with_valid(valid)
+
+    def _with_valid(self, valid: torch.Tensor) -> "DraftTree":
         parents = self.parents[0] if self.shared_shape else self.parents
         tree = DraftTree(self.tokens, parents, self.draft_probs, valid)
         if "is_chain" in self.__dict__:
             tree.__dict__["is_chain"] = self.is_chain
         return tree
+
+    def select(self, keep: torch.Tensor) -> tuple["DraftTree", torch.Tensor | None]:
+        """The tree of the nodes ``keep`` [B, N] marks, compacted, and where each of its nodes came from.
+
+        Each row's kept nodes move to the left in their order (so parents still come first and
+        siblings keep their draw order); the tree is as wide as the row keeping the most, the rest
+        of a row are placeholders.  Returns the tree and ``origin`` [B, N'] (this tree's node index
+        of each new node, -1 at placeholders).  ``origin`` is None where the numbering is unchanged:
+        every node kept, or no column freed (the dropped nodes then stay as placeholders).
+        ``keep`` must be closed under parents (a kept node's parent is kept): the caller's rule.
+        """
+        keep = keep.to(torch.bool) & self.node_valid
+        if bool(keep.all()):
+            return self, None
+        b, n = self.tokens.shape
+        device = self.tokens.device
+        counts = keep.sum(dim=1)
+        width = int(counts.max()) if n else 0
+        if width == n:  # no column to drop: the same tree with the rest as placeholders, numbering unchanged
+            return self._with_valid(keep), None
+        # stable order: kept nodes first, each row's in node order
+        order = torch.argsort((~keep).to(torch.int8), dim=1, stable=True)[:, :width]  # [B, W]
+        new_valid = torch.arange(width, device=device)[None, :] < counts[:, None]
+        origin = torch.where(new_valid, order, torch.full_like(order, -1))
+        tokens = self.tokens.gather(1, order)
+        if self.is_chain and bool((keep == (torch.cumsum(keep.long(), 1) == torch.arange(1, n + 1, device=device))).all()):
+            tree = DraftTree.chain(tokens, None if self.draft_probs is None else
+                                   self.draft_probs.gather(1, order[..., None].expand(-1, -1, self.draft_probs.shape[-1])),
+                                   None if bool(new_valid.all()) else new_valid)
+            return tree, origin
+        # new index of every old node (-1 if dropped), then the parents in the new numbering
+        renumber = torch.full((b, n + 1), -1, dtype=torch.long, device=device)  # column 0: the root (-1 -> -1)
+        rows = torch.arange(b, device=device)[:, None].expand(b, width)
+        renumber[rows[new_valid], order[new_valid] + 1] = torch.arange(width, device=device)[None].expand(b, width)[new_valid]
+        old_parents = self.parents.gather(1, order)
+        parents = torch.where(new_valid, renumber.gather(1, old_parents + 1), torch.full_like(order, -1))
+        if bool((new_valid & (old_parents >= 0) & (parents < 0)).any()):
+            raise ValueError("DraftTree.select: a kept node's parent was not kept")
+        probs = None
+        if self.draft_probs is not None:
+            probs = self.draft_probs.gather(1, order[..., None].expand(-1, -1, self.draft_probs.shape[-1]))
+        shared = bool((parents == parents[:1]).all()) and bool(new_valid.all())
+        tree = DraftTree(tokens, parents[0] if shared else parents, probs, None if bool(new_valid.all()) else new_valid)
+        return tree, origin
 
     # ---- shape --------------------------------------------------------------------------
     @property

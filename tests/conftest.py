@@ -10,6 +10,34 @@ from transformers import LlamaConfig, LlamaForCausalLM
 torch.set_num_threads(1)
 
 
+def pytest_configure(config):
+    config.addinivalue_line("markers", "goodput_default: the test exercises generate's default goodput policy")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def private_profiles(tmp_path_factory):
+    """Latency profiles (and measured kernels) made by tests go to a folder of their own, never the user's cache."""
+    mp = pytest.MonkeyPatch()
+    mp.setenv("SPECDEC_PROFILES", str(tmp_path_factory.mktemp("profiles")))
+    yield
+    mp.undo()
+
+
+@pytest.fixture(autouse=True)
+def drafter_depth_by_default(request, monkeypatch):
+    """Tests decode with the drafter's own depth and tree when they pass no ``speculation``.
+
+    The default goodput policy sizes each step's tree from measured step times, so what a test
+    verified would depend on the machine's timing (and could fall back to plain decoding, leaving a
+    drafter's path untested).  Tests marked ``goodput_default`` get the real default.
+    """
+    if request.node.get_closest_marker("goodput_default") is None:
+        import specdec.speculation
+
+        monkeypatch.setattr(specdec.speculation, "default_policy",
+                            lambda drafter: specdec.speculation.FixedLength(int(drafter.num_tokens)))
+
+
 def tiny_llama(vocab_size: int = 64, seed: int = 0, dtype: torch.dtype = torch.float64, num_layers: int = 2,
                hidden: int = 32, heads: int = 4, kv_heads: int = 2, max_pos: int = 256,
                **config_overrides) -> LlamaForCausalLM:

@@ -55,18 +55,25 @@ def reference(target, n=90):
 
 def test_the_plan_is_the_analytic_optimum(target):
     """Given acceptance rates and a latency model, the chosen depth maximises tokens per second."""
-    policy = specdec.SmartSpec(max_depth=8, latency=synthetic_latency(target))
-    policy.start(target, Scripted(torch.zeros(1, 1, dtype=torch.long), lambda s: 0))
     for rates in ([0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.2], [0.3] * 8, [0.99] * 8, [0.0] * 8):
-        policy.batch_rates = list(rates)
+        policy = specdec.SmartSpec(max_depth=8, latency=synthetic_latency(target), prior=rates)  # nothing seen yet
+        policy.start(target, Scripted(torch.zeros(1, 1, dtype=torch.long), lambda s: 0))
         context = specdec.StepContext([0, 1], [20, 30], [50, 50], None, 8, None)
-        want = max(range(9), key=lambda k: 2 * policy.expected_tokens(rates, k) / policy.step_seconds(2, k, 25))
+
+        def expected(k):
+            total, chain = 1.0, 1.0
+            for a in rates[:k]:
+                chain *= a
+                total += chain
+            return total
+
+        want = max(range(9), key=lambda k: 2 * expected(k) / policy.times.predict(2, k, k, 25))
         assert policy.plan(context).depth == [want, want]
     assert want == 0  # nothing is ever accepted: plain decoding
 
 
 def test_it_settles_on_the_scripted_acceptance_and_stays_exact(target):
-    """A drafter right for exactly 3 tokens: SmartSpec drafts 3 deep once it has learnt so; output is exact."""
+    """A drafter right for exactly 3 tokens: SmartSpec drafts and verifies 3 deep once it has learnt so; output is exact."""
     ids, ref = reference(target)
     policy = specdec.SmartSpec(max_depth=8, latency=synthetic_latency(target), decay=0.5, correct_times=False)
     out = specdec.generate(target, ids, Scripted(ref, lambda s: 3), max_new_tokens=90, eos_token_id=[],
@@ -74,6 +81,7 @@ def test_it_settles_on_the_scripted_acceptance_and_stays_exact(target):
     assert torch.equal(out.sequences, ref)
     chosen = [d[0] for d in out.stats.depth_chosen]
     assert chosen[-6:-1] == [3] * 5, chosen  # the last step is cut by the budget
+    assert [h["width"] for h in policy.history[-6:-1]] == [3] * 5
     assert all(p is not None for p in out.stats.predicted_seconds) and len(out.stats.step_seconds) == out.stats.steps
     # the policy saw each whole step (draft, verify, acceptance and commit), as the stats record it
     assert [h["measured_seconds"] for h in policy.history] == pytest.approx(out.stats.step_seconds)
@@ -107,7 +115,7 @@ NeverProposes.__name__ = "ScriptedDrafter"
 
 
 def test_a_drafter_that_proposes_nothing_counts_as_missing(target):
-    """Rates are per step allowed a depth: proposing nothing is a miss, so SmartSpec settles on plain decoding."""
+    """A row that proposes nothing when allowed lowers what drafting yields, so SmartSpec settles on plain decoding."""
     ids, ref = reference(target, 60)
     policy = specdec.SmartSpec(max_depth=4, latency=synthetic_latency(target), prior=0.9, decay=0.5,
                                correct_times=False, probe_every=4)
@@ -115,18 +123,17 @@ def test_a_drafter_that_proposes_nothing_counts_as_missing(target):
     assert torch.equal(out.sequences, ref)
     chosen = [d[0] for d in out.stats.depth_chosen]
     assert chosen[0] >= 1 and chosen[-20:].count(0) >= 18, chosen  # the prior says draft; what happens says don't
-    assert policy.batch_rates[0] < 0.1
+    assert policy.rates.batch_proposes < 0.1
     probes = [i for i, d in enumerate(chosen) if d and i > 3]
     gaps = [b - a for a, b in zip(probes, probes[1:])]
     assert gaps == [8, 16, 16], probes  # fruitless probes back off to 4 x probe_every
 
 
 def test_measured_step_times_correct_the_profile(target):
-    """The profile says drafting 2 deep pays; steps that draft really take 3x as long: SmartSpec learns it and stops."""
+    """The profile says drafting pays; steps that draft really take 3x as long: SmartSpec learns it and stops."""
     policy = specdec.SmartSpec(max_depth=4, latency=synthetic_latency(target), time_decay=0.5, min_time_observations=2,
-                               min_row_observations=1000)
+                               prior=0.7)  # held fixed: the reports below carry no accepted paths to learn from
     policy.start(target, Scripted(torch.zeros(1, 1, dtype=torch.long), lambda s: 0))
-    policy.batch_rates = [0.7] * 4
     context = specdec.StepContext([0], [20], [50], None, 4, None)
     first = policy.plan(context).depth[0]
     assert first >= 1  # the profile alone favours drafting
@@ -134,18 +141,18 @@ def test_measured_step_times_correct_the_profile(target):
     for _ in range(12):
         depth = policy.plan(context).depth[0]
         chosen.append(depth)
-        truth = policy.profiled_seconds(1, depth, 20) * (3.0 if depth else 1.0)
-        policy.observe(specdec.StepReport([0], [depth], [depth], [0], 0.0, truth))
-        policy.batch_rates = [0.7] * 4  # hold acceptance fixed: only the times are learnt
+        truth = policy.times.profiled(1, depth, depth, 20) * (3.0 if depth else 1.0)
+        policy.observe(specdec.StepReport([0], [depth], [depth], [0], 0.0, truth,
+                                          tree=DraftTree.chain(torch.zeros(1, depth, dtype=torch.long))))
     assert chosen[-3:] == [0, 0, 0], chosen
-    assert policy.time_correction(1, 0) == pytest.approx(1.0)
-    assert policy.time_correction(1, first) == pytest.approx(3.0)
-    fixed = specdec.SmartSpec(max_depth=4, latency=synthetic_latency(target), correct_times=False)
+    # drafting steps learnt to cost about 3x what plain ones do, relative to their profiles
+    assert policy.times.correction(1, first) / policy.times.correction(1, 0) == pytest.approx(3.0, rel=0.25)
+    fixed = specdec.SmartSpec(max_depth=4, latency=synthetic_latency(target), correct_times=False, prior=0.7)
     fixed.start(target, Scripted(torch.zeros(1, 1, dtype=torch.long), lambda s: 0))
-    fixed.batch_rates = [0.7] * 4
     fixed.plan(context)
-    fixed.observe(specdec.StepReport([0], [first], [first], [0], 0.0, 100.0))
-    assert fixed.time_correction(1, first) == 1.0 and fixed.plan(context).depth[0] == first
+    fixed.observe(specdec.StepReport([0], [first], [first], [0], 0.0, 100.0,
+                                     tree=DraftTree.chain(torch.zeros(1, first, dtype=torch.long))))
+    assert fixed.times.correction(1, first) == 1.0 and fixed.plan(context).depth[0] == first
 
 
 def test_greedy_stays_exact_with_a_real_drafter_in_batches(target):
@@ -154,7 +161,7 @@ def test_greedy_stays_exact_with_a_real_drafter_in_batches(target):
     rows = prompts(3, seed=2)
     ids, mask, expected = expected_batch(target, rows, 24, None, PAD)
     drafter = drafters.DraftModel(noisy_copy(target, 0.5), 4)
-    policy = specdec.SmartSpec(latency=synthetic_latency(target, "DraftModel"))
+    policy = specdec.SmartSpec(latency=synthetic_latency(target, drafter.cost_name))
     out = specdec.generate(target, ids, drafter, attention_mask=mask, max_new_tokens=24, eos_token_id=[],
                            pad_token_id=PAD, speculation=policy)
     assert torch.equal(out.sequences, expected)
@@ -164,7 +171,8 @@ def test_sampled_output_is_the_targets_law_while_k_changes():
     """Exact enumeration: a fresh SmartSpec per run changes k step to step; the law is exactly the target's."""
     target, draft = models()
     expected = exact_law(target, 3, specdec.SamplingConfig(do_sample=True))
-    latency = synthetic_latency(target, "DraftModel", verify=(1.0, 0.0, 0.02, 0.0, 0.1, 0.0, 0.0, 0.0))
+    latency = synthetic_latency(target, drafters.DraftModel(draft, 2).cost_name,
+                                verify=(1.0, 0.0, 0.02, 0.0, 0.1, 0.0, 0.0, 0.0))
 
     def run(rng):
         policy = specdec.SmartSpec(max_depth=2, latency=latency, prior=0.6, decay=0.2)

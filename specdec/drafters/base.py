@@ -74,7 +74,7 @@ class CommitUpdate:
 class Drafter(abc.ABC):
     """Proposes draft trees. Subclasses implement :meth:`propose`; the rest is optional."""
 
-    #: default speculation depth when ``generate(speculation=None)``
+    #: the drafter's own depth: ``speculation=None`` drafts at most this deep unless ``max_depth`` says more
     num_tokens: int = 4
     #: the deepest tree this drafter can draft (None: any depth)
     max_depth: int | None = None
@@ -94,6 +94,34 @@ class Drafter(abc.ABC):
 
     def commit(self, update: CommitUpdate) -> None:
         """What the target kept of the last step, per row (called after every step)."""
+
+    def tree_template(self, depth: int) -> list[int]:
+        """Parents (-1: the root) of the largest tree this drafter proposes when asked for ``depth`` levels,
+        nodes in its priority order, levels growing one after another.  A chain by default; tree drafters
+        give their own shape (the goodput policy values it node by node before drafting)."""
+        reach = depth if self.max_depth is None else min(depth, self.max_depth)
+        return list(range(-1, reach - 1))
+
+    @property
+    def cost_name(self) -> str:
+        """The name a latency profile keeps this drafter's draft cost under (its class and what it drafts with)."""
+        model = next((m for m in (getattr(self, a, None) for a in ("model", "draft", "heads"))
+                      if isinstance(m, torch.nn.Module)), None)
+        if model is not None:
+            parameter = next(model.parameters(), None)
+            size = sum(p.numel() for p in model.parameters())
+            return f"{self.name}:{size}:{str(parameter.dtype).replace('torch.', '') if parameter is not None else ''}"
+        return self.name
+
+    def default_policy(self):
+        """The speculation policy ``generate`` uses with this drafter when given none: a goodput policy
+        (:class:`~specdec.smartspec.SmartSpec`) made on first use and kept, so it learns across calls."""
+        policy = self.__dict__.get("_default_policy")
+        if policy is None:
+            from ..smartspec import SmartSpec
+
+            policy = self.__dict__["_default_policy"] = SmartSpec()
+        return policy
 
     def take_rows(self, rows: torch.Tensor) -> "Drafter":
         """A drafter for batch rows ``rows`` of this one's batch, with its own copy of their state.

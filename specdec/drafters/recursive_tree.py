@@ -120,6 +120,22 @@ class RecursiveTree(Drafter):
             return beam_sizes(self.beam_width, len(self.branching), max_nodes)[:depth]
         return [sum(level) for level in level_sizes(self.branching, max_nodes)[:depth]]
 
+    def tree_template(self, depth: int) -> list[int]:
+        """The tree's shape ``depth`` levels deep, as parents (a beam's nodes hang below the best of the level before)."""
+        parents, frontier = [], [-1]
+        if self.method == "stochastic_beam":
+            for size in beam_sizes(self.beam_width, len(self.branching), self.max_nodes)[:depth]:
+                first = len(parents)
+                parents += [frontier[0]] * size
+                frontier = list(range(first, len(parents)))
+            return parents
+        for counts in level_sizes(self.branching, self.max_nodes)[:depth]:
+            first = len(parents)
+            for parent, count in zip(frontier, counts):
+                parents += [parent] * count
+            frontier = list(range(first, len(parents)))
+        return parents
+
     def start(self, target_model, input_ids, attention_mask, hidden=None) -> None:
         check_same_vocabulary(self.model, target_model)
         self._cache = DraftCache.for_model(self.model, input_ids, attention_mask)

@@ -1,0 +1,95 @@
+"""A step's predicted seconds: the profiled cost curve, corrected online by what steps really took.
+
+The latency model (:mod:`specdec.latency`) times the target's verification of ``width`` nodes per
+row and the drafter's proposal of ``depth`` levels in isolation, interleaved, so it knows their
+relative costs well but not two things a real step adds: the machine's speed *now* (a shared
+machine drifts by tens of percent within minutes) and the engine's own work around a step
+(acceptance, the caches' commit, realigning rows that accepted different numbers of tokens, caches
+the other model just evicted).  So each prediction is multiplied by
+
+    speed(batch) * overhead(batch, width)
+
+``speed`` (1 until steps are seen) is a fast moving average (weight ``decay`` on the past), over
+every step at that batch size, of measured over profiled seconds divided by that width's overhead,
+so drift moves every width alike; ``overhead`` is a slower moving average (``overhead_decay``) of a
+drafting width's ratio over ``speed``, used once that (batch, width) was observed
+``min_observations`` times (a drafting width not yet seen borrows the nearest drafting width's).
+Plain decoding's overhead is 1: it is what the speed is measured against.  ``correct=False``
+trusts the profile as it is.
+"""
+from __future__ import annotations
+
+from .latency import LatencyModel
+
+
+class StepTimes:
+    def __init__(self, latency: LatencyModel, drafter_name: str, correct: bool = True, decay: float = 0.8,
+                 min_observations: int = 3, overhead_decay: float = 0.95):
+        if not 0.0 <= decay < 1.0 or not 0.0 <= overhead_decay < 1.0:
+            raise ValueError(f"time decays must be in [0, 1), got {decay!r} and {overhead_decay!r}")
+        self.latency, self.drafter_name = latency, drafter_name
+        self.correct, self.decay, self.min_observations = bool(correct), float(decay), int(min_observations)
+        self.overhead_decay = float(overhead_decay)
+        self.speed: dict[int, float] = {}  # batch -> measured / profiled, every step
+        self.overhead: dict[tuple[int, int], float] = {}  # (batch, width) -> its ratio / speed
+        self.count: dict[tuple[int, int], int] = {}
+        self._curves: dict[tuple[int, int], list[float]] = {}  # (batch, context // 8) -> seconds per width
+
+    def draft(self, batch: int, depth: int) -> float:
+        return self.latency.draft_seconds(self.drafter_name, batch, depth) if depth > 0 else 0.0
+
+    def profiled(self, batch: int, depth: int, width: int, context: float) -> float:
+        """The latency model's seconds: drafting ``depth`` levels, then verifying ``width`` nodes per row."""
+        return self.draft(batch, depth) + self.curve(batch, context, width)[0][width]
+
+    def correction(self, batch: int, width: int) -> float:
+        if not self.correct or batch not in self.speed:
+            return 1.0
+        return self.speed[batch] * self._overhead(batch, width)
+
+    def _overhead(self, batch: int, width: int) -> float:
+        if width == 0:
+            return 1.0
+        if self.count.get((batch, width), 0) >= self.min_observations:
+            return self.overhead[(batch, width)]
+        seen = [w for (b, w), n in self.count.items() if b == batch and w > 0 and n >= self.min_observations]
+        if not seen:
+            return 1.0
+        return self.overhead[(batch, min(seen, key=lambda w: (abs(w - width), w)))]
+
+    def predict(self, batch: int, depth: int, width: int, context: float) -> float:
+        return self.profiled(batch, depth, width, context) * self.correction(batch, width)
+
+    def curve(self, batch: int, context: float, widest: int) -> tuple[list[float], list[float]]:
+        """Verification seconds and corrections for widths 0..``widest`` at once (what one step's choice reads).
+
+        Verification times are looked up at the context rounded to 8 tokens and kept, so a decode
+        asks the latency model a few times per 8 tokens, not at every step."""
+        key = (batch, int(context) // 8)
+        cached = self._curves.get(key)
+        if cached is None or len(cached) <= widest:
+            cached = [self.latency.verify_seconds(batch, m, key[1] * 8 + 4) for m in range(widest + 1)]
+            if len(self._curves) > 4096:
+                self._curves.clear()
+            self._curves[key] = cached
+        return cached[:widest + 1], [self.correction(batch, m) for m in range(widest + 1)]
+
+    def seconds(self, batch: int, depth: int, context: float, widest: int) -> list[float]:
+        """Predicted step seconds for widths 0..``widest`` after drafting ``depth`` levels."""
+        verify, correction = self.curve(batch, context, widest)
+        draft = self.draft(batch, depth)
+        return [(draft + v) * c for v, c in zip(verify, correction)]
+
+    def observe(self, batch: int, width: int, profiled: float, measured: float) -> None:
+        """One step's profiled and measured seconds: the speed moves (fast) by what the width's known overhead
+        does not explain, a drafting width's overhead (slowly) by what the speed does not."""
+        ratio = measured / max(profiled, 1e-9)
+        speed = self.speed.get(batch, 1.0)  # until a step says otherwise, the machine runs as profiled
+        self.speed[batch] = self.decay * speed + (1 - self.decay) * ratio / self._overhead(batch, width)
+        key = (batch, width)
+        seen = self.count.get(key, 0)
+        if width > 0:  # plain decoding's overhead is 1 by definition: it is what speed is measured against
+            keep = self.overhead_decay
+            relative = ratio / speed
+            self.overhead[key] = relative if seen == 0 else keep * self.overhead[key] + (1 - keep) * relative
+        self.count[key] = seen + 1
