@@ -25,7 +25,7 @@ from omegaconf import DictConfig, OmegaConf
 import specdec
 
 from .app import _decoding, _environment, _quiet_transformers
-from .methods import instantiate_with_target
+from .methods import instantiate_with_target, speculation_policy
 from .prompts import encode, load_prompts
 
 log = logging.getLogger("specdec.bench.batch")
@@ -63,7 +63,8 @@ def run(cfg: DictConfig, out_dir: str) -> dict:
     rows = [encode(tokenizer, p.messages)[0].tolist() for p in prompts]
     kwargs = dict(max_new_tokens=decoding.max_new_tokens, do_sample=decoding.do_sample,
                   temperature=decoding.temperature, top_k=decoding.top_k, top_p=decoding.top_p,
-                  eos_token_id=decoding.eos_token_id, seed=decoding.seed)
+                  eos_token_id=decoding.eos_token_id, seed=decoding.seed,
+                  speculation=speculation_policy(cfg.get("speculation")))
     log.info("%d prompts, max_new_tokens=%d, batch sizes %s, policies %s, drafter %s", len(rows),
              decoding.max_new_tokens, batch_sizes, policies, type(drafter).__name__ if drafter else None)
 

@@ -128,12 +128,12 @@ def instantiate_with_target(cfg: DictConfig, target_model: torch.nn.Module, **kw
 
 
 def speculation_policy(value):
-    """The bench's ``speculation`` setting: null (the drafter's own depth), an int, or ``smartspec``."""
-    if value is None or isinstance(value, int):
+    """The bench's ``speculation`` setting: null (the goodput policy, specdec's default) or an int (a fixed depth)."""
+    if value is None or (isinstance(value, int) and not isinstance(value, bool) and value >= 0):
         return value
-    if str(value).lower() == "smartspec":
-        return specdec.SmartSpec()
-    raise ValueError(f"speculation must be null, an int or 'smartspec', got {value!r}")
+    if str(value).lower() in ("smartspec", "goodput"):
+        return None
+    raise ValueError(f"speculation must be null (the goodput policy) or an int >= 0, got {value!r}")
 
 
 def build_specdec(name: str, drafter_cfg: DictConfig, target_model, decoding: DecodeConfig,

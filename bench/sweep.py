@@ -1,14 +1,17 @@
-"""``python -m specdec.bench.sweep``: SmartSpec against fixed speculation depths, per drafter and batch size.
+"""``python -m specdec.bench.sweep``: the goodput policy (specdec's default) against fixed settings, per drafter and batch size.
 
 For every drafter (``drafters``; those whose artifact is missing are skipped) and batch size
 (``batch_sizes``), the dataset's prompts are decoded by ``specdec.generate_pool`` (fixed batches)
-with SmartSpec and with each fixed depth in ``depths`` (0 is plain decoding), interleaved: each cell
-runs ``repeats`` rounds of all its policies, each round in another rotated order.  Throughput is
-generated tokens per second over the cell's prompts, the median of the rounds (run-to-run noise on
-a small CPU is larger than the few percent between neighbouring depths).  The report gives, per
-cell, every policy's throughput, the best fixed depth, and SmartSpec's ratio to it and to plain
-decoding; averaged over the cells, SmartSpec against every single fixed depth.  Writes ``sweep.json``, ``sweep.md`` and ``sweep.png`` (SmartSpec's chosen depth
-over a run, and its predicted against measured step time).
+with the drafter's default policy (``speculation=None``: the goodput policy, which sizes each
+step's depth and tree) and with fixed settings: plain decoding (``k=0``), fixed depths for chain
+drafters (``depths``: the drafter's own chain cut to k) and fixed DEPTH:NODES trees for tree
+drafters (``trees``: ``FixedLength(depth, max_nodes)``), interleaved: each cell runs ``repeats``
+rounds of all its policies, each round in another rotated order.  Throughput is generated tokens
+per second over the cell's prompts (per chunk the median round, summed).  "control" is plain
+decoding again as its own policy: how far two identical policies read apart, the resolution of
+the measurement.  The report gives, per cell, the best fixed setting and the goodput policy's ratio
+to it and to plain decoding.  Writes ``sweep.json``, ``sweep.md`` and ``sweep.png`` (the depth the
+policy chose over a run, and its predicted against measured step time).
 """
 from __future__ import annotations
 
@@ -39,8 +42,10 @@ def main(cfg: DictConfig) -> None:
     _quiet_transformers()
     document = run(cfg, HydraConfig.get().runtime.output_dir)
     print(markdown(document), flush=True)
+    summary = document["summary"]
     print(json.dumps({"target": document["target"], "output_dir": document["output_dir"],
-                      "mean_vs_fixed": document["summary"]["smartspec_over_fixed"]}, separators=(",", ":")), flush=True)
+                      "cells_within_3pct": summary["cells_within_3pct"], "cells": summary["cells"],
+                      "min_over_best": summary["min_over_best"]}, separators=(",", ":")), flush=True)
 
 
 def build_drafters(cfg: DictConfig, model) -> tuple[dict, dict]:
@@ -61,6 +66,27 @@ def build_drafters(cfg: DictConfig, model) -> tuple[dict, dict]:
     return built, skipped
 
 
+def fixed_settings(cfg: DictConfig, drafter) -> list[str]:
+    """The fixed policies a drafter is compared with: plain decoding, then depths (chains) or DEPTH:NODES trees."""
+    shape = drafter.tree_template(2)
+    is_tree = any(p != i - 1 for i, p in enumerate(shape))  # some node is not the child of the one before
+    settings = [str(t) for t in cfg.trees] if is_tree else [str(int(d)) for d in cfg.depths if int(d) > 0]
+    return ["k=0"] + [f"k={s}" for s in settings]
+
+
+def speculation_of(policy: str):
+    """``k=3`` -> 3, ``k=2:3`` -> FixedLength(2, 3), ``goodput`` -> None (the default), ``control`` -> 0."""
+    if policy == "goodput":
+        return None
+    if policy == "control":
+        return 0
+    setting = policy[2:]
+    if ":" in setting:
+        depth, nodes = (int(x) for x in setting.split(":"))
+        return specdec.FixedLength(depth, nodes)
+    return int(setting)
+
+
 def run(cfg: DictConfig, out_dir: str) -> dict:
     started = time.perf_counter()
     if cfg.target.get("num_threads"):
@@ -70,46 +96,45 @@ def run(cfg: DictConfig, out_dir: str) -> dict:
     prompts = load_prompts(cfg.dataset.path, cfg.dataset.categories, cfg.dataset.per_category)
     rows = [encode(tokenizer, p.messages)[0].tolist() for p in prompts]
     drafters, skipped = build_drafters(cfg, model)
-    depths = [int(d) for d in cfg.depths]
-    policies = ["smartspec"] + [f"k={d}" for d in depths] + (["control"] if cfg.get("control") else [])
     cells, traces = [], {}
-    smartspec = {name: specdec.SmartSpec(max_depth=int(cfg.max_depth)) for name in drafters}  # learns across cells
     with torch.inference_mode():
-        for name, drafter in drafters.items():  # warm-up, and SmartSpec's first-use profile, off the clock
+        for name, drafter in drafters.items():  # warm-up, and the first-use profile, off the clock
             specdec.generate_pool(model, rows[:2], drafter, batch_size=2, schedule="eqspec", config=decoding,
-                                  max_new_tokens=8, speculation=smartspec[name])
+                                  max_new_tokens=8, speculation=None)
         for name, drafter in drafters.items():
+            policies = ["goodput"] + fixed_settings(cfg, drafter) + (["control"] if cfg.get("control") else [])
             for batch_size in [int(b) for b in cfg.batch_sizes]:
-                cell = measure_cell(model, rows, drafter, batch_size, decoding, policies, smartspec[name],
-                                    repeats=int(cfg.repeats), shift=len(cells))
+                cell = measure_cell(model, rows, drafter, batch_size, decoding, policies, repeats=int(cfg.repeats),
+                                    shift=len(cells))
                 traces[f"{name}@{batch_size}"] = cell.pop("trace")
-                fixed = {p: v for p, v in cell["tokens_per_second"].items() if p.startswith("k=")}
+                rates = cell["tokens_per_second"]
+                fixed = {p: v for p, v in rates.items() if p.startswith("k=")}
                 best = max(fixed, key=fixed.get)
-                if "control" in cell["tokens_per_second"] and "k=0" in fixed:  # plain decoding again: what identical policies read apart
-                    cell["control_over_plain"] = cell["tokens_per_second"]["control"] / fixed["k=0"]
-                cell.update(drafter=name, batch_size=batch_size, best_fixed=best,
-                            smartspec_over_best=cell["tokens_per_second"]["smartspec"] / fixed[best],
-                            smartspec_over_plain=cell["tokens_per_second"]["smartspec"] / fixed.get("k=0", float("nan")))
+                if "control" in rates:  # plain decoding again: what identical policies read apart
+                    cell["control_over_plain"] = rates["control"] / fixed["k=0"]
+                cell.update(drafter=name, batch_size=batch_size, policies=policies, best_fixed=best,
+                            goodput_over_best=rates["goodput"] / fixed[best],
+                            goodput_over_plain=rates["goodput"] / fixed["k=0"])
                 cells.append(cell)
-                log.info("%s B=%d: %s", name, batch_size, {k: round(v, 1) for k, v in cell["tokens_per_second"].items()})
-    summary = {"smartspec_over_fixed": {}, "cells_within_3pct": sum(c["smartspec_over_best"] >= 0.97 for c in cells),
-               "cells": len(cells), "min_over_plain": min((c["smartspec_over_plain"] for c in cells), default=None),
+                log.info("%s B=%d: %s", name, batch_size, {k: round(v, 1) for k, v in rates.items()})
+    summary = {"cells_within_3pct": sum(c["goodput_over_best"] >= 0.97 for c in cells), "cells": len(cells),
+               "min_over_best": min((c["goodput_over_best"] for c in cells), default=None),
+               "min_over_plain": min((c["goodput_over_plain"] for c in cells), default=None),
                "median_step_prediction_error": statistics.median(
                    [c["prediction_error"] for c in cells if c.get("prediction_error") is not None] or [float("nan")])}
     controls = [c["control_over_plain"] for c in cells if "control_over_plain" in c]
     if controls:
         summary["control_over_plain"] = {"min": min(controls), "max": max(controls),
                                          "cells_within_3pct": sum(abs(1 - r) <= 0.03 for r in controls)}
-    for policy in [p for p in policies if p.startswith("k=")]:
-        ratios = [c["tokens_per_second"]["smartspec"] / c["tokens_per_second"][policy] for c in cells]
-        summary["smartspec_over_fixed"][policy] = statistics.mean(ratios) if ratios else None
-    latency = next(iter(smartspec.values())).latency if smartspec else None
+    latency = next((d.default_policy().latency for d in drafters.values()), None)
     document = {
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "target": cfg.target.name, "output_dir": str(out_dir), "policies": policies, "skipped": skipped,
+        "target": cfg.target.name, "output_dir": str(out_dir), "skipped": skipped,
         "prompts": len(rows), "max_new_tokens": decoding.max_new_tokens, "cells": cells, "summary": summary,
         "latency_model": None if latency is None else {"key": latency.key, "verify_r2": latency.verify.r2_heldout,
+                                                        "kernels": latency.kernels,
                                                         "draft_r2": {k: v.r2_heldout for k, v in latency.draft.items()}},
+        "acceptance": {name: d.default_policy().rates.table() for name, d in drafters.items()},
         "traces": traces, "environment": _environment(), "wall_seconds": time.perf_counter() - started,
         "config": OmegaConf.to_container(cfg, resolve=True),
     }
@@ -120,31 +145,35 @@ def run(cfg: DictConfig, out_dir: str) -> dict:
     return document
 
 
-def measure_cell(model, rows: list, drafter, batch_size: int, decoding, policies: list[str], smartspec,
+def measure_cell(model, rows: list, drafter, batch_size: int, decoding, policies: list[str],
                  *, repeats: int, shift: int) -> dict:
     """One cell: the prompts in chunks of ``batch_size``; each chunk decoded ``repeats`` times by every
     policy back to back, each round in another rotated order, so that every policy meets the same
     machine state within seconds of the others."""
     chunks = [rows[i:i + batch_size] for i in range(0, len(rows), batch_size)]
     runs = {p: [[] for _ in chunks] for p in policies}
-    trace = {"depth": [], "predicted": [], "measured": []}
+    trace = {"depth": [], "width": [], "predicted": [], "measured": []}
+    history = drafter.default_policy().history
     for c, chunk in enumerate(chunks):
         for round_ in range(repeats):
             first = (shift + c + round_) % len(policies)
             for policy in policies[first:] + policies[:first]:
-                speculation = smartspec if policy == "smartspec" else 0 if policy == "control" else int(policy[2:])
+                seen = len(history)
                 t0 = time.perf_counter()
                 out = specdec.generate_pool(model, chunk, drafter, batch_size=batch_size, schedule="eqspec",
-                                            config=decoding, speculation=speculation)
+                                            config=decoding, speculation=speculation_of(policy))
                 runs[policy][c].append((out.stats.tokens_generated, time.perf_counter() - t0))
-                if policy == "smartspec" and round_ == repeats - 1:
-                    trace["depth"] += [max(d) for d in out.stats.depth_chosen]
-                    trace["predicted"] += out.stats.predicted_seconds
-                    trace["measured"] += out.stats.step_seconds
+                if policy == "goodput" and round_ == repeats - 1:
+                    for step in history[seen:]:
+                        trace["depth"].append(step["depth"])
+                        trace["width"].append(step["width"])
+                        trace["predicted"].append(step["predicted_seconds"])
+                        trace["measured"].append(step["measured_seconds"])
     errors = [abs(p - m) / m for p, m in zip(trace["predicted"], trace["measured"]) if p is not None and m > 0]
     return {"tokens_per_second": {p: chunked_throughput(r) for p, r in runs.items()},
             "runs": {p: [[s for _, s in chunk] for chunk in r] for p, r in runs.items()},
-            "smartspec_depths": statistics.mean(trace["depth"]) if trace["depth"] else 0.0,
+            "goodput_depth": statistics.mean(trace["depth"]) if trace["depth"] else 0.0,
+            "goodput_width": statistics.mean(trace["width"]) if trace["width"] else 0.0,
             "prediction_error": statistics.median(errors) if errors else None, "trace": trace}
 
 
@@ -161,22 +190,25 @@ def chunked_throughput(runs: list[list[tuple[int, float]]]) -> float:
 
 
 def markdown(document: dict) -> str:
-    policies = document["policies"]
-    lines = [f"# SmartSpec sweep: {document['target']}, {document['prompts']} prompts, "
-             f"{document['max_new_tokens']} new tokens", "",
-             "| drafter | batch | " + " | ".join(policies) + " | best fixed | SmartSpec / best | SmartSpec / plain | mean k |",
-             "|---|---:|" + "---:|" * (len(policies) + 4)]
+    lines = [f"# Goodput policy against fixed settings: {document['target']}, {document['prompts']} prompts, "
+             f"{document['max_new_tokens']} new tokens (tokens/s)", "",
+             "| drafter | batch | goodput | plain (k=0) | best fixed | its tokens/s | goodput / best | goodput / plain "
+             "| control / plain | mean depth | mean width |",
+             "|---|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|"]
     for c in document["cells"]:
-        tps = " | ".join(f"{c['tokens_per_second'][p]:.1f}" for p in policies if p in c["tokens_per_second"])
-        lines.append(f"| {c['drafter']} | {c['batch_size']} | {tps} | {c['best_fixed']} | "
-                     f"{c['smartspec_over_best']:.3f} | {c['smartspec_over_plain']:.3f} | {c.get('smartspec_depths', 0):.2f} |")
+        rates = c["tokens_per_second"]
+        control = f"{c['control_over_plain']:.3f}" if "control_over_plain" in c else "-"
+        lines.append(f"| {c['drafter']} | {c['batch_size']} | {rates['goodput']:.1f} | {rates['k=0']:.1f} | "
+                     f"{c['best_fixed']} | {rates[c['best_fixed']]:.1f} | {c['goodput_over_best']:.3f} | "
+                     f"{c['goodput_over_plain']:.3f} | {control} | {c.get('goodput_depth', 0):.2f} | "
+                     f"{c.get('goodput_width', 0):.2f} |")
     s = document["summary"]
-    lines += ["", f"SmartSpec within 3% of the best fixed depth in {s['cells_within_3pct']} of {s['cells']} cells; "
-              f"lowest ratio to plain decoding {s['min_over_plain']:.3f}." if s["min_over_plain"] is not None else "",
-              f"Median relative error of SmartSpec's predicted step time against the measured one: "
-              f"{s.get('median_step_prediction_error', float('nan')):.3f}.",
-              "Averaged over the cells, SmartSpec's throughput over each fixed depth: "
-              + ", ".join(f"{p} {v:.3f}" for p, v in s["smartspec_over_fixed"].items() if v is not None) + "."]
+    if s["min_over_best"] is not None:
+        lines += ["", f"The goodput policy is within 3% of the best fixed setting in {s['cells_within_3pct']} of "
+                      f"{s['cells']} cells (lowest ratio {s['min_over_best']:.3f}); lowest ratio to plain decoding "
+                      f"{s['min_over_plain']:.3f}.",
+                  f"Median relative error of its predicted step time against the measured one: "
+                  f"{s.get('median_step_prediction_error', float('nan')):.3f}."]
     if "control_over_plain" in s:
         c = s["control_over_plain"]
         lines.append(f"Control (plain decoding run again as its own policy) over plain decoding: {c['min']:.3f} to "
@@ -198,7 +230,7 @@ def plot(document: dict, path: Path) -> None:
         if pairs:
             right.scatter([1e3 * p for p, _ in pairs], [1e3 * m for _, m in pairs], s=6, label=name)
     left.set_xlabel("step")
-    left.set_ylabel("depth chosen by SmartSpec")
+    left.set_ylabel("depth chosen by the goodput policy")
     left.legend(fontsize=7)
     lim = right.get_xlim()
     right.plot(lim, lim, color="grey", linewidth=0.8)

@@ -2,25 +2,29 @@
 
 Examples::
 
-    specdec "Why is the sky blue?"                                   # prompt lookup, greedy
+    specdec "Why is the sky blue?"                                   # the best drafter packaged for the model, greedy
     specdec --drafter chimera "Summarise: ..." --max-new-tokens 200
     specdec --chat chat.json --drafter draft_model --sample --temperature 0.7 --seed 0
     echo "Translate into French: good morning" | specdec --drafter none
 
 The prompt is sent as one user turn through the model's chat template (``--raw`` sends it as
 plain text instead); ``--chat`` reads a JSON list of ``{"role", "content"}`` messages.
+
+With no ``--drafter`` the CLI picks: the packaged drafter made for the model that its card
+measured fastest (``specdec.drafters.packaged_for``), else prompt lookup; each step's tree is sized
+by the goodput policy (``specdec.SmartSpec``) unless ``--speculation`` fixes a depth.  It prints one
+line saying what it chose and why.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import sys
-import time
 from pathlib import Path
 
-DRAFTERS = ("none", "prompt_lookup", "draft_model", "medusa", "chimera", "rsd")
-ARTIFACTS = {"draft_model": "artifacts/draft-{name}", "rsd": "artifacts/draft-{name}",
-             "medusa": "artifacts/medusa-{name}", "chimera": "artifacts/chimera-{name}"}
+DRAFTERS = ("auto", "none", "prompt_lookup", "draft_model", "medusa", "chimera", "rsd")
+ARTIFACTS = {"draft_model": "draft-{name}", "rsd": "draft-{name}", "medusa": "medusa-{name}",
+             "chimera": "chimera-{name}"}  # packaged artifact names (specdec.drafters.load)
 
 
 def parser() -> argparse.ArgumentParser:
@@ -33,10 +37,13 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--raw", action="store_true", help="send the prompt as plain text, without the chat template")
     p.add_argument("--model", default="smollm2-135m-instruct",
                    help="a packaged model name, a local Hugging Face directory or a Hub id (default: %(default)s)")
-    p.add_argument("--drafter", choices=DRAFTERS, default="prompt_lookup", help="how tokens are drafted (default: %(default)s)")
-    p.add_argument("--draft-path", help="the drafter's artifact (default: artifacts/<kind>-<model> when it exists)")
+    p.add_argument("--drafter", choices=DRAFTERS, default="auto",
+                   help="how tokens are drafted (default: auto, the fastest drafter packaged for the model, "
+                        "else prompt_lookup)")
+    p.add_argument("--draft-path", help="the drafter's artifact, a folder or a packaged name "
+                                        "(default: the packaged <kind>-<model>)")
     p.add_argument("--speculation", default=None,
-                   help="draft depth: an int, 'smartspec' (chosen each step from goodput), or the drafter's default")
+                   help="draft depth: an int (0: plain decoding); default: each step's tree sized by the goodput policy")
     p.add_argument("--max-new-tokens", type=int, default=256)
     p.add_argument("--sample", action="store_true", help="sample instead of greedy decoding")
     p.add_argument("--temperature", type=float, default=1.0)
@@ -50,21 +57,19 @@ def parser() -> argparse.ArgumentParser:
 
 
 def build_drafter(kind: str, model, model_name: str, path: str | None):
+    """The drafter ``--drafter kind`` names, and one line saying what it is and why it was chosen."""
     from specdec import drafters
 
+    if kind == "auto":
+        return drafters.choose(model)
     if kind == "none":
-        return None
+        return None, "none (plain decoding)"
     if kind == "prompt_lookup":
-        return drafters.PromptLookup(num_tokens=10, max_ngram=3)
-    path = path or ARTIFACTS[kind].format(name=Path(str(model_name)).name.lower())
-    if kind in ("draft_model", "rsd"):
-        draft = drafters.load_draft_model(model, path)
-        if kind == "draft_model":
-            return drafters.DraftModel(draft, num_tokens=4)
-        return drafters.RecursiveTree(draft, (2, 2, 2, 2, 1, 1, 1, 1), method="gumbel_topk", max_nodes=8)
-    if kind == "medusa":
-        return drafters.Medusa.from_pretrained(path, model)
-    return drafters.Chimera.from_pretrained(path, model)
+        return drafters.PromptLookup(), "prompt lookup (asked for)"
+    artifact = path or ARTIFACTS[kind].format(name=Path(str(model_name)).name.lower())
+    if kind == "rsd":
+        return drafters.RecursiveTree(drafters.load_draft_model(model, artifact)), f"RSD trees drafted by {artifact} (asked for)"
+    return drafters.load(artifact, model), f"{artifact} (asked for)"
 
 
 def messages_of(args) -> list[dict] | str:
@@ -89,6 +94,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import specdec
     from specdec.chat import encode_chat
+    from specdec.clock import clock_for
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -97,27 +103,34 @@ def main(argv: list[str] | None = None) -> int:
     prompt = messages_of(args)
     try:
         model, tokenizer = specdec.load_model(args.model)
-        drafter = build_drafter(args.drafter, model, args.model, args.draft_path)
+        drafter, chosen = build_drafter(args.drafter, model, args.model, args.draft_path)
     except (FileNotFoundError, ValueError) as error:
         raise SystemExit(f"specdec: {error}") from None
     ids = tokenizer(prompt, return_tensors="pt")["input_ids"] if isinstance(prompt, str) else encode_chat(tokenizer, prompt)
     speculation = args.speculation
     if speculation is not None:
-        speculation = specdec.SmartSpec() if speculation.lower() == "smartspec" else int(speculation)
+        try:
+            speculation = None if speculation.lower() in ("goodput", "smartspec") else int(speculation)
+        except ValueError:
+            raise SystemExit(f"--speculation must be an int >= 0 or 'goodput', got {args.speculation!r}") from None
+    if drafter is not None:
+        policy = "each step's tree sized by the goodput policy" if speculation is None else f"depth fixed at {speculation}"
+        print(f"specdec: drafter {chosen}; {policy}", file=sys.stderr, flush=True)
     streamer = None if args.no_stream else TextStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
     sampling = dict(do_sample=True, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p) if args.sample else {}
-    started = time.perf_counter()
+    clock = clock_for(model)
+    started = clock()
     with torch.inference_mode():
         out = specdec.generate(model, ids, drafter, max_new_tokens=args.max_new_tokens, seed=args.seed,
                                speculation=speculation if drafter is not None else None, streamer=streamer, **sampling)
-    seconds = time.perf_counter() - started
+    seconds = clock() - started
     if args.no_stream:
         print(tokenizer.decode(out.sequences[0, ids.shape[1]:], skip_special_tokens=True))
     stats = out.stats
     rates = " / ".join(f"{a:.2f}" for a in stats.acceptance_by_position()[:8]) or "-"
     print(f"\n[{stats.tokens_generated} tokens in {seconds:.1f} s: {stats.tokens_generated / seconds:.1f} tokens/s, "
           f"{stats.mean_accepted_tokens:.2f} tokens per step, acceptance by position {rates}; "
-          f"drafter {args.drafter}, {'sampled' if args.sample else 'greedy'}]", file=sys.stderr)
+          f"drafter {chosen.split(' (')[0]}, {'sampled' if args.sample else 'greedy'}]", file=sys.stderr)
     if args.json:
         print(json.dumps({"tokens": stats.tokens_generated, "seconds": seconds, **{
             k: v for k, v in stats.as_dict().items() if k in ("steps", "mean_accepted_tokens", "acceptance_by_position")}}))

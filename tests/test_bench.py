@@ -33,7 +33,7 @@ SUMMARY = {"target", "baseline", "prompts", "repeats", "max_new_tokens", "wall_s
 SUMMARY_METHOD = {"tok_s", "speedup", "speedup_min", "speedup_max", "mean_accepted", "equivalence"}
 REPEATS = 3  # bench.yaml's default; target=tiny keeps it
 CATEGORIES = ["conversation", "translation", "summarization", "qa", "math", "rag"]
-ALL_METHODS = ["hf_generate", "specdec_none", "specdec_draft_model", "specdec_prompt_lookup",
+ALL_METHODS = ["hf_generate", "specdec_none", "specdec_auto", "specdec_draft_model", "specdec_prompt_lookup",
                "specdec_rsd_beam", "specdec_rsd_gumbel", "hf_assisted", "hf_prompt_lookup"]
 
 
@@ -117,8 +117,6 @@ def test_default_run_numbers_are_consistent(default_run):
     assert overall["specdec_none"]["mean_accepted_tokens"] == 1.0
     for name in ("specdec_draft_model", "specdec_rsd_gumbel", "specdec_rsd_beam", "hf_assisted"):
         assert overall[name]["mean_accepted_tokens"] > 1.0
-    # Hugging Face assisted generation drafts the same k tokens with the same draft: same acceptance
-    assert overall["hf_assisted"]["mean_accepted_tokens"] == overall["specdec_draft_model"]["mean_accepted_tokens"]
     for name in ALL_METHODS:
         shares = [overall[name][k] for k in ("draft_share", "verify_share", "other_share")]
         if name.startswith("specdec_"):
@@ -205,7 +203,7 @@ def test_quick_preset_composes_and_runs_on_the_tiny_target(tmp_path):
 
 def test_drafter_override_runs_one_specdec_method_and_sampling_has_no_equivalence(tmp_path):
     """`drafter=X` runs the baseline and specdec_X with its overrides; sampling reports equivalence null."""
-    lines, doc = bench(tmp_path, "drafter=prompt_lookup", "drafter.num_tokens=4", "do_sample=true",
+    lines, doc = bench(tmp_path, "drafter=prompt_lookup", "+drafter.num_tokens=4", "do_sample=true",
                        "temperature=0.7", "max_new_tokens=8", "dataset.categories=[qa,math]")
     assert doc["methods"] == ["hf_generate", "specdec_prompt_lookup"]
     assert doc["method_configs"]["specdec_prompt_lookup"]["num_tokens"] == 4

@@ -31,7 +31,10 @@ def test_it_streams_the_greedy_answer_and_prints_stats(model_dir):
     lines = proc.stdout.strip().splitlines()
     stats = json.loads(lines[-1])
     assert stats["tokens"] == 12 and stats["steps"] >= 1 and stats["mean_accepted_tokens"] >= 1.0
-    assert "tokens/s" in proc.stderr and "tokens per step" in proc.stderr and "drafter prompt_lookup" in proc.stderr
+    assert "tokens/s" in proc.stderr and "tokens per step" in proc.stderr and "drafter prompt lookup, greedy" in proc.stderr
+    # no drafter is packaged for this model: the CLI says so, and that it chose prompt lookup under the goodput policy
+    assert f"specdec: drafter prompt lookup (no drafter is packaged for {model_dir.name!r}" in proc.stderr
+    assert "goodput policy" in proc.stderr
     model, tokenizer = specdec.load_model(model_dir)
     ids = specdec.chat.encode_chat(tokenizer, [{"role": "user", "content": "hello there"}])
     want = model.generate(ids, max_new_tokens=12, do_sample=False, eos_token_id=None)

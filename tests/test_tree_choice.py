@@ -1,5 +1,5 @@
-"""`python -m specdec.bench.tree_choice`: candidate trees are parsed strictly, measured against plain decoding
-in one run with their outputs checked, and the fastest is written into the artifact's card."""
+"""`python -m specdec.bench.tree_choice`: candidate trees are parsed strictly, measured with the default policy
+against plain decoding in one run with their outputs checked, and the default's speed is written into the card."""
 import json
 
 import numpy as np
@@ -22,25 +22,26 @@ def test_trees_are_parsed_strictly():
     assert tree_options(4, 8)["branch"] == 4
 
 
-def test_measures_every_tree_against_plain_decoding_and_writes_the_fastest(tmp_path):
+def test_measures_every_tree_against_plain_decoding_and_writes_the_defaults_speed(tmp_path):
     target = tiny_llama(64, seed=0, dtype=torch.float32)
     draft = random_draft(target, np.arange(0, 64, 3), dtype=torch.float32)
     prompts = [torch.randint(3, 64, (1, 6), generator=torch.Generator().manual_seed(s)) for s in (1, 2)]
-    candidates = {"1:1": drafters.Chimera(draft, **tree_options(1, 1)),
-                  "2:3": drafters.Chimera(draft, **tree_options(2, 3))}
+    candidates = {"1:1": (drafters.Chimera(draft, **tree_options(1, 1)), 1),
+                  "2:3": (drafters.Chimera(draft, **tree_options(2, 3)), 2)}
     rows = measure(target, prompts, candidates, max_new_tokens=5, repeats=1)
     assert [r["tree"] for r in rows] == ["plain", "1:1", "2:3"]
     assert rows[0]["tokens_per_step"] == 1.0 and rows[0]["speed_vs_plain"] == 1.0
     assert all(r["tokens_per_step"] >= 1.0 and r["tokens_per_second"] > 0 for r in rows)
-    (tmp_path / "card.json").write_text(json.dumps({"kind": "chimera", "tree": {"depth": 9}}))
-    made_up = [{"tree": "plain", "tokens_per_second": 50.0}, {"tree": "1:1", "tokens_per_second": 20.0},
-               {"tree": "2:3", "tokens_per_second": 30.0}]
+    (tmp_path / "card.json").write_text(json.dumps({"kind": "chimera", "tree": {"depth": 9}, "tree_choice": "old"}))
+    made_up = [{"tree": "plain", "tokens_per_second": 50.0}, {"tree": "goodput", "tokens_per_second": 60.0},
+               {"tree": "1:1", "tokens_per_second": 20.0}, {"tree": "2:3", "tokens_per_second": 30.0}]
     for row in made_up:
         row.update(tokens_per_step=1.0, speed_vs_plain=row["tokens_per_second"] / 50.0)
-    assert fastest(made_up) == "2:3"  # plain decoding is never chosen as a tree
-    assert write_choice(tmp_path, made_up, "cmd") == tree_options(2, 3)
+    assert fastest(made_up) == "2:3"  # neither plain decoding nor the default is a fixed tree
+    assert write_choice(tmp_path, made_up, "cmd") == 1.2
     card = json.loads((tmp_path / "card.json").read_text())
-    assert card["tree"] == tree_options(2, 3) and "2:3 (depth:nodes)" in card["tree_choice"] and card["kind"] == "chimera"
+    assert card["measured"]["speed_over_plain"] == 1.2 and "fastest fixed: 2:3" in card["measured"]["tree_choice"]
+    assert card["tree"] == {"depth": 9} and "tree_choice" not in card  # the largest tree is not touched
 
 
 def test_a_drafter_that_changes_the_output_stops_the_run(monkeypatch):
@@ -54,7 +55,7 @@ def test_a_drafter_that_changes_the_output_stops_the_run(monkeypatch):
     monkeypatch.setattr(specdec, "generate", lambda model, ids, drafter, **kw: real_generate(
         other if drafter is broken else model, ids, drafter, **kw))
     with pytest.raises(RuntimeError, match="changed the greedy output"):
-        measure(target, prompts, {"1:1": broken}, max_new_tokens=6, repeats=1)
+        measure(target, prompts, {"1:1": (broken, 1)}, max_new_tokens=6, repeats=1)
 
 
 def test_medusa_budgets_and_chain_lengths_are_candidates_too(tmp_path):
@@ -68,7 +69,8 @@ def test_medusa_budgets_and_chain_lengths_are_candidates_too(tmp_path):
     card = {"kind": "medusa", "tree": [[0]], "top_k_accuracy": [[0.6, 0.2], [0.4, 0.1], [0.3]]}
     write_artifact(tmp_path / "m", random_heads(target.config.hidden_size, 3, seed=7), card)
     made = candidates_for(card, tmp_path / "m", target, parse_sizes("1,3"))
-    assert list(made) == ["1 nodes", "3 nodes"]
-    assert [len(m.tree) for m in made.values()] == [1, 3]
+    assert list(made) == ["goodput", "1 nodes", "3 nodes"]
+    assert [len(m.tree) for m, _ in made.values()] == [1, 1, 3] and made["goodput"][1] is None
+    assert [k for _, k in list(made.values())[1:]] == [1, 2]  # fixed at each tree's own depth
     with pytest.raises(ValueError, match="not a Chimera, Medusa or distilled-draft"):
         candidates_for({"kind": "lora"}, tmp_path, target, [1])

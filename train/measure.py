@@ -1,6 +1,6 @@
 """What a trained drafter does at work, for its card: acceptance per position and per category, and its cost.
 
-Acceptance comes from ``specdec.generate`` (greedy) on the benchmark's packaged prompts, read as
+Acceptance comes from ``specdec.generate`` (greedy, at the drafter's own depth and tree) on the benchmark's packaged prompts, read as
 data (``specdec/bench/prompts/*.jsonl``; the benchmark's code is not imported, and no training
 ever sees these prompts).  Cost is measured inside the same engine: the drafter's seconds per
 drafted token against plain decoding's seconds per verification step, on one probe prompt.
@@ -40,9 +40,10 @@ def acceptance(model, tokenizer, make_drafter, per_category: int = 2, max_new_to
     for category, chats in bench_chats(per_category).items():
         stats = DecodeStats()
         for chat in chats:
-            with torch.inference_mode():
-                run = specdec.generate(model, encode_chat(tokenizer, chat), make_drafter(),
-                                       max_new_tokens=max_new_tokens).stats
+            drafter = make_drafter()
+            with torch.inference_mode():  # at the drafter's own depth: what its tree accepts, not a policy's choice
+                run = specdec.generate(model, encode_chat(tokenizer, chat), drafter, max_new_tokens=max_new_tokens,
+                                       speculation=int(drafter.num_tokens)).stats
             for total in (stats, pooled):
                 total.depth_accepted.update(run.depth_accepted)
                 total.tokens_generated += run.tokens_generated
@@ -71,7 +72,9 @@ def relative_costs(model, tokenizer, makers: dict, max_new_tokens: int = 48, rep
             base = specdec.generate(model, ids, None, max_new_tokens=max_new_tokens, eos_token_id=[]).stats
             plain.append(base.verify_seconds / base.steps)
             for name, make in makers.items():
-                run = specdec.generate(model, ids, make(), max_new_tokens=max_new_tokens, eos_token_id=[]).stats
+                drafter = make()
+                run = specdec.generate(model, ids, drafter, max_new_tokens=max_new_tokens, eos_token_id=[],
+                                       speculation=int(drafter.num_tokens)).stats
                 draft[name].append(run.draft_seconds / max(run.drafted_tokens, 1))
     step = statistics.median(plain[1:])
     out = {}

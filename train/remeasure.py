@@ -22,19 +22,12 @@ from .measure import acceptance, relative_cost
 
 
 def drafter_factory(folder: Path, card: dict, model):
-    """A callable that returns the artifact's drafter, as its trainer measured it."""
+    """A callable that returns the artifact's drafter as ``drafters.load`` builds it (its card's settings)."""
     kind = card.get("kind")
-    if kind == "specdec-draft-v2":
-        draft = drafters.load_draft_model(model, folder)
-        chain = int(card.get("measured", {}).get("chain", 4))
-        return lambda: drafters.DraftModel(draft, chain)
-    if kind == "medusa":
-        drafter = drafters.Medusa.from_pretrained(folder, model)
-        return lambda: drafter
-    if kind == "chimera":
-        drafter = drafters.Chimera.from_pretrained(folder, model)
-        return lambda: drafter
-    raise ValueError(f"{folder}/card.json has kind {kind!r}; remeasure knows specdec-draft-v2, medusa and chimera")
+    if kind not in ("specdec-draft-v2", "medusa", "chimera"):
+        raise ValueError(f"{folder}/card.json has kind {kind!r}; remeasure knows specdec-draft-v2, medusa and chimera")
+    drafter = drafters.load(folder, model)
+    return lambda: drafter
 
 
 def remeasure(folder: Path, per_category: int = 2, max_new_tokens: int = 64) -> dict:

@@ -1,4 +1,6 @@
 """Drafters: every way of proposing tokens, behind one protocol (:class:`Drafter`)."""
+from . import artifacts
+from .artifacts import auto, choose, load, packaged, packaged_for
 from .base import CommitUpdate, Drafter, DraftRequest
 from .chimera import Chimera
 from .draft_cache import DraftCache
@@ -9,4 +11,4 @@ from .recursive_tree import RecursiveTree
 from .self_draft import truncated_model
 from .vocab import SubsetHead, with_subset_head
 
-__all__ = ["Chimera", "CommitUpdate", "Drafter", "DraftCache", "DraftRequest", "DraftModel", "Medusa", "PromptLookup", "RecursiveTree", "load_draft_model", "NgramIndex", "lookup_continuation", "truncated_model", "SubsetHead", "with_subset_head"]
+__all__ = ["auto", "choose", "load", "packaged", "packaged_for", "Chimera", "CommitUpdate", "Drafter", "DraftCache", "DraftRequest", "DraftModel", "Medusa", "PromptLookup", "RecursiveTree", "load_draft_model", "NgramIndex", "lookup_continuation", "truncated_model", "SubsetHead", "with_subset_head"]

@@ -24,7 +24,7 @@ def load_draft_model(target_model: torch.nn.Module, path=None, self_draft_layers
     """The small LM a drafter drafts with: a Hugging Face or draft-v2 directory (e.g. in ``artifacts/``),
     or, with ``path=None``, the target's first ``self_draft_layers`` layers."""
     if path is not None:
-        from ..artifacts import resolve
+        from .artifacts import resolve
 
         folder = resolve(path)
         if (folder / REDUCED).is_file():

@@ -32,6 +32,20 @@ class DraftModel(Drafter):
         self._cache: DraftCache | None = None
 
     @classmethod
+    def from_pretrained(cls, path, target_model: torch.nn.Module, num_tokens: int | None = None) -> "DraftModel":
+        """A trained draft LM (a draft-v2 artifact or a Hugging Face folder) drafting chains for ``target_model``.
+
+        ``num_tokens``, the longest chain (the goodput policy drafts shorter ones when they pay),
+        defaults to the card's ``serving.num_tokens``, else 4."""
+        from .artifacts import CARD, read_card, resolve
+
+        folder = resolve(path)
+        card = read_card(folder) if (folder / CARD).is_file() else {}
+        if num_tokens is None:
+            num_tokens = int((card.get("serving") or {}).get("num_tokens", 4))
+        return cls(load_draft_model(target_model, folder), num_tokens=num_tokens)
+
+    @classmethod
     def from_target_layers(cls, target_model: torch.nn.Module, num_layers: int, num_tokens: int = 4) -> "DraftModel":
         """A self-draft: the target's first ``num_layers`` layers, sharing its weights (no training)."""
         return cls(truncated_model(target_model, num_layers), num_tokens=num_tokens)
