@@ -116,6 +116,8 @@ def main(argv: list[str] | None = None) -> int:
     if drafter is not None:
         policy = "each step's tree sized by the goodput policy" if speculation is None else f"depth fixed at {speculation}"
         print(f"specdec: drafter {chosen}; {policy}", file=sys.stderr, flush=True)
+        if speculation is None:  # a first use on this machine profiles it here, not on the clock below
+            drafter.default_policy().start(model, drafter)
     streamer = None if args.no_stream else TextStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
     sampling = dict(do_sample=True, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p) if args.sample else {}
     clock = clock_for(model)

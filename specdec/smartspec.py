@@ -32,7 +32,9 @@ thread count: ``latency`` (a model or a path), else the file ``python -m specdec
 writes, else profiled on first use with a short grid (it says so and shows a progress bar).
 While K = 0 nothing is observed, so after ``probe_every`` such steps one step drafts one level
 and keeps at least one node per row: acceptance that rises mid-sequence brings drafting back.
-Probes that change nothing double the interval, up to ``4 * probe_every``.
+Probes that change nothing double the interval, up to ``4 * probe_every``.  The other way round,
+after ``probe_every`` drafting steps in a row one step decodes plainly, so that the machine's speed
+(measured on plain steps) and a drafting width's own overhead stay apart (:mod:`specdec.step_time`).
 
 One SmartSpec learns across the jobs it serves (what ``drafter.default_policy()`` relies on): the
 batch-wide acceptance and the time corrections carry over, the per-row rates start afresh.
@@ -73,7 +75,7 @@ class SmartSpec(SpeculationPolicy):
         self.max_depth, self.latency, self.margin = max_depth, latency, float(margin)
         self.rates = RankRates(geometric_prior(priors), decay, row_weight)
         self.profile_on_first_use = profile_on_first_use
-        self.probe_every, self._idle, self._probe_interval = probe_every, 0, probe_every
+        self.probe_every, self._idle, self._probe_interval, self._drafting = probe_every, 0, probe_every, 0
         self.time_decay, self.min_time, self.correct_times = float(time_decay), int(min_time_observations), bool(correct_times)
         self.times: StepTimes | None = None
         self.drafter = None
@@ -135,9 +137,12 @@ class SmartSpec(SpeculationPolicy):
                 choice = (depth, width, goodput)
         depth = choice[0] if choice[1] > 0 else 0
         self._idle = self._idle + 1 if depth == 0 else 0
+        self._drafting = self._drafting + 1 if depth > 0 else 0
         probe = False
         if depth > 0:
             self._probe_interval = self.probe_every
+            if self._drafting > self.probe_every:  # a plain step now and then keeps the machine's speed known
+                depth, self._drafting = 0, 0
         elif self._idle >= self._probe_interval and self.depth_limit >= 1:  # look at the acceptance again
             depth, probe, self._idle = 1, True, 0
             self._probe_interval = min(2 * self._probe_interval, 4 * self.probe_every)

@@ -3,34 +3,38 @@
 The latency model (:mod:`specdec.latency`) times the target's verification of ``width`` nodes per
 row and the drafter's proposal of ``depth`` levels in isolation, interleaved, so it knows their
 relative costs well but not two things a real step adds: the machine's speed *now* (a shared
-machine drifts by tens of percent within minutes) and the engine's own work around a step
-(acceptance, the caches' commit, realigning rows that accepted different numbers of tokens, caches
-the other model just evicted).  So each prediction is multiplied by
+machine drifts by tens of percent within minutes) and the engine's own work around a drafting
+step (acceptance over more slots, the caches' commit, realigning rows that accepted different
+numbers of tokens, caches the other model just evicted).  So each prediction is multiplied by
 
     speed(batch) * overhead(batch, width)
 
-``speed`` (1 until steps are seen) is a fast moving average (weight ``decay`` on the past), over
-every step at that batch size, of measured over profiled seconds divided by that width's overhead,
-so drift moves every width alike; ``overhead`` is a slower moving average (``overhead_decay``) of a
-drafting width's ratio over ``speed``, used once that (batch, width) was observed
+``speed`` (1 until a plain step is seen) is a moving average (weight ``decay`` on the past) of
+measured over profiled seconds of plain steps (width 0); ``overhead`` (1 for plain steps, by
+definition) is a slower moving average (``overhead_decay``) of a drafting width's measured over
+profiled seconds divided by the speed, used once that (batch, width) was observed
 ``min_observations`` times (a drafting width not yet seen borrows the nearest drafting width's).
-Plain decoding's overhead is 1: it is what the speed is measured against.  ``correct=False``
-trusts the profile as it is.
+Keeping the two apart needs plain steps now and then, which the goodput policy makes sure of.
+What a single step says is clipped to a factor of ``OUTLIER`` around what is known, so one slow
+step (a first call's allocations, another process) cannot make a width look so dear that the
+policy never tries it again.  ``correct=False`` trusts the profile as it is.
 """
 from __future__ import annotations
 
 from .latency import LatencyModel
 
+OUTLIER = 1.5  # what one step says of the speed or an overhead is clipped to this factor around what is known
+
 
 class StepTimes:
     def __init__(self, latency: LatencyModel, drafter_name: str, correct: bool = True, decay: float = 0.8,
-                 min_observations: int = 3, overhead_decay: float = 0.95):
+                 min_observations: int = 3, overhead_decay: float = 0.9):
         if not 0.0 <= decay < 1.0 or not 0.0 <= overhead_decay < 1.0:
             raise ValueError(f"time decays must be in [0, 1), got {decay!r} and {overhead_decay!r}")
         self.latency, self.drafter_name = latency, drafter_name
         self.correct, self.decay, self.min_observations = bool(correct), float(decay), int(min_observations)
         self.overhead_decay = float(overhead_decay)
-        self.speed: dict[int, float] = {}  # batch -> measured / profiled, every step
+        self.speed: dict[int, float] = {}  # batch -> measured / profiled, plain steps
         self.overhead: dict[tuple[int, int], float] = {}  # (batch, width) -> its ratio / speed
         self.count: dict[tuple[int, int], int] = {}
         self._curves: dict[tuple[int, int], list[float]] = {}  # (batch, context // 8) -> seconds per width
@@ -43,9 +47,9 @@ class StepTimes:
         return self.draft(batch, depth) + self.curve(batch, context, width)[0][width]
 
     def correction(self, batch: int, width: int) -> float:
-        if not self.correct or batch not in self.speed:
+        if not self.correct:
             return 1.0
-        return self.speed[batch] * self._overhead(batch, width)
+        return self.speed.get(batch, 1.0) * self._overhead(batch, width)
 
     def _overhead(self, batch: int, width: int) -> float:
         if width == 0:
@@ -81,15 +85,19 @@ class StepTimes:
         return [(draft + v) * c for v, c in zip(verify, correction)]
 
     def observe(self, batch: int, width: int, profiled: float, measured: float) -> None:
-        """One step's profiled and measured seconds: the speed moves (fast) by what the width's known overhead
-        does not explain, a drafting width's overhead (slowly) by what the speed does not."""
+        """One step's profiled and measured seconds: a plain step moves the speed, a drafting step its width's overhead."""
         ratio = measured / max(profiled, 1e-9)
-        speed = self.speed.get(batch, 1.0)  # until a step says otherwise, the machine runs as profiled
-        self.speed[batch] = self.decay * speed + (1 - self.decay) * ratio / self._overhead(batch, width)
+        speed = self.speed.get(batch, 1.0)  # until a plain step says otherwise, the machine runs as profiled
         key = (batch, width)
-        seen = self.count.get(key, 0)
-        if width > 0:  # plain decoding's overhead is 1 by definition: it is what speed is measured against
+        if width == 0:
+            self.speed[batch] = self.decay * speed + (1 - self.decay) * _clip(ratio, speed)
+        else:
+            known = self.overhead.get(key, 1.0)  # starts at no overhead, and learns
             keep = self.overhead_decay
-            relative = ratio / speed
-            self.overhead[key] = relative if seen == 0 else keep * self.overhead[key] + (1 - keep) * relative
-        self.count[key] = seen + 1
+            self.overhead[key] = keep * known + (1 - keep) * _clip(ratio / speed, known)
+        self.count[key] = self.count.get(key, 0) + 1
+
+
+def _clip(value: float, known: float) -> float:
+    """``value`` within a factor of ``OUTLIER`` of ``known``."""
+    return min(max(value, known / OUTLIER), known * OUTLIER)
