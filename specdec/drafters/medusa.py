@@ -131,7 +131,10 @@ class Medusa(Drafter):
         head = target_model.get_output_embeddings()
         dtype = self.dtype or head.weight.dtype
         if self.token_ids is None:
-            self._lm_head = head if dtype == head.weight.dtype else _cast(head, dtype)
+            if dtype == head.weight.dtype:
+                self._lm_head = head
+            elif getattr(self, "_cast_from", None) is not head or self._lm_head.weight.dtype != dtype:
+                self._lm_head, self._cast_from = _cast(head, dtype), head  # once per target head, not per call
         elif not isinstance(self._lm_head, SubsetHead) or self._lm_head.weight.device != head.weight.device:
             self._lm_head = with_rows(head, self.token_ids, output_vocab_size(target_model), dtype)  # once per drafter
         self.heads.to(device=input_ids.device, dtype=dtype)
