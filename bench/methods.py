@@ -14,14 +14,13 @@ import time
 from typing import Protocol
 
 import torch
-from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 import specdec
 from specdec import DecodeConfig, DecodeStats
 from specdec.drafters import Drafter
 
-TARGET_PLACEHOLDER = "???"  # a config field left missing receives the target model
+from specdec.configs import TARGET_PLACEHOLDER, instantiate_with_target  # noqa: F401 (re-exported)
 
 
 def hf_kwargs(decoding: DecodeConfig) -> dict:
@@ -104,6 +103,13 @@ class Specdec:
         self.speculation = speculation
         self.generate_kwargs = generate_kwargs  # e.g. typical_acceptance (lossy, opt-in)
 
+    def new_pass(self) -> None:
+        """A new pass over the prompts: a drafter's suffix cache forgets the earlier passes, so a prompt never
+        copies its own earlier output, while within a pass it may copy from the prompts decoded before it."""
+        cache = getattr(self.drafter, "suffix_cache", None)
+        if cache is not None:
+            cache.clear()
+
     def run(self, model, input_ids):
         with torch.inference_mode():
             start = time.perf_counter()
@@ -111,20 +117,6 @@ class Specdec:
                                    speculation=self.speculation, **self.generate_kwargs)
             seconds = time.perf_counter() - start
         return out.sequences, out.stats, seconds
-
-
-def instantiate_with_target(cfg: DictConfig, target_model: torch.nn.Module, **kwargs):
-    """``hydra.utils.instantiate`` where every ``???`` field (at any depth) is the target model."""
-    container = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=False)
-
-    def fill(node):
-        if isinstance(node, dict):
-            return {k: fill(v) for k, v in node.items()}
-        if isinstance(node, list):
-            return [fill(v) for v in node]
-        return target_model if node == TARGET_PLACEHOLDER else node
-
-    return instantiate(fill(container), **kwargs)
 
 
 def speculation_policy(value):

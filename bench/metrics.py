@@ -34,7 +34,8 @@ from specdec.stats import acceptance_by_position
 
 METRICS = ("prompts", "runs", "new_tokens", "seconds", "tokens_per_second", "tokens_per_second_min",
            "tokens_per_second_max", "speedup", "speedup_min", "speedup_max", "mean_accepted_tokens",
-           "target_forwards", "draft_share", "verify_share", "other_share", "equivalence", "acceptance_by_position")
+           "target_forwards", "draft_share", "verify_share", "other_share", "equivalence", "acceptance_by_position",
+           "copied_share")
 
 
 def per_prompt(rows: list[dict]) -> dict[str, dict]:
@@ -75,7 +76,16 @@ def method_metrics(rows: list[dict], baseline_rows: list[dict]) -> dict:
     identical = [r["identical"] for r in rows]
     out["equivalence"] = None if not rows or None in identical else sum(identical) / len(identical)
     out["acceptance_by_position"] = position_rates(rows)
+    out["copied_share"] = copied_share(rows)
     return out
+
+
+def copied_share(rows: list[dict]) -> float | None:
+    """Of the accepted draft tokens, the share that a copy proposed (a hybrid's); None without stats or drafts."""
+    if not rows or any(r.get("accepted_copies") is None for r in rows):
+        return None
+    accepted = sum(int(k) * v for r in rows for k, v in (r["accepted_histogram"] or {}).items())
+    return _ratio(sum(r["accepted_copies"] for r in rows), accepted) if accepted else None
 
 
 def speedup(rows: list[dict], baseline_rows: list[dict], which: str = "seconds") -> float | None:

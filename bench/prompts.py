@@ -27,10 +27,13 @@ def load_prompts(path: str | Path | None = None, categories: list[str] | None = 
                  per_category: int | None = None) -> list[Prompt]:
     """The first ``per_category`` prompts of each category, categories in the order given.
 
-    ``path`` is a folder of ``<category>.jsonl`` files (None: the packaged sets);
+    ``path`` is a folder of ``<category>.jsonl`` files, or the name of a packaged one
+    (``repetitive``: ``bench/prompts/repetitive/``); None: the packaged sets;
     ``categories`` None means every file there, in alphabetical order.
     """
     folder = Path(path) if path is not None else PACKAGED
+    if path is not None and not folder.is_dir() and (PACKAGED / str(path)).is_dir():
+        folder = PACKAGED / str(path)
     if not folder.is_dir():
         raise FileNotFoundError(f"prompt folder {folder} does not exist")
     available = sorted(p.stem for p in folder.glob("*.jsonl"))

@@ -84,6 +84,13 @@ def markdown(document: dict) -> str:
             rows = [document["by_category"][c][m] for c in categories] + [document["overall"][m]]
             cells = [_spread(r, key, spec, unit) if spread else _fmt(r[key], spec, unit) for r in rows]
             lines.append(f"| {m} | " + " | ".join(cells) + " |")
+    copies = [m for m in document["methods"] if document["overall"][m].get("copied_share")]
+    if copies:
+        lines += ["", "## Accepted draft tokens that were copies, by category", "",
+                  "| method | " + " | ".join(categories) + " | all |", "|---|" + "---:|" * (len(categories) + 1)]
+        for m in copies:
+            rows = [document["by_category"][c][m] for c in categories] + [document["overall"][m]]
+            lines.append(f"| {m} | " + " | ".join(_fmt(r.get("copied_share"), '.0%') for r in rows) + " |")
     rates = {m: document["overall"][m].get("acceptance_by_position") for m in document["methods"]}
     rates = {m: r for m, r in rates.items() if r}
     if rates:

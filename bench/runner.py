@@ -67,6 +67,9 @@ def run_prompts(methods: list[Method], model, prompts: list, encoded: list[torch
     rounds = 0
     for repeat in range(repeats):
         t_pass = time.perf_counter()
+        for method in methods:  # e.g. suffix caches start each pass afresh (a pass is one run over the prompts)
+            if hasattr(method, "new_pass"):
+                method.new_pass()
         for prompt, input_ids in zip(prompts, encoded):
             shift = rounds % len(methods)
             rounds += 1
@@ -112,6 +115,7 @@ def _record(prompt, repeat: int, input_ids, method: str, generated: list[int], s
                                if stats is not None else None),
         "depth_accepted": ([[int(d), int(a), v] for (d, a), v in sorted(stats.depth_accepted.items())]
                            if stats is not None else None),
+        "accepted_copies": stats.accepted_copies if stats is not None else None,
         "identical": None,
     }
     return record

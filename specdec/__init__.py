@@ -6,7 +6,7 @@ sampled output is distributed exactly as the target's.  Anything lossy is opt-in
 from . import chat, drafters
 from .acceptance import Acceptance
 from .config import DecodeConfig
-from .engine import GenerateOutput, generate
+from .generation import GenerateOutput, generate
 from .loading import load_model
 from .pool import PoolOutput, generate_pool
 from .sampling import SamplingConfig

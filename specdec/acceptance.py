@@ -12,7 +12,9 @@ Lossless rules:
 * :func:`recursive_rejection_sampling` — trees (Jeon et al., RSD; SpecTr for point masses):
   children are tested in draw order against a running residual; a child drawn without
   replacement is tested against q with the earlier siblings removed and renormalised, a
-  deterministic child as a point mass (accept with probability r(x), else zero x).
+  deterministic child as a point mass (accept with probability r(x), else zero x).  Trees
+  may mix both (``DraftTree.copied``): a copy is a point mass wherever it stands among drawn
+  siblings, and removes nothing from their law, since they were not drawn without it.
 
 Lossy, opt-in: :func:`typical_accept` (Medusa's typical acceptance).
 
@@ -161,22 +163,25 @@ def recursive_rejection_sampling(tree: DraftTree, p: torch.Tensor, rng: Randomne
     b = tree.batch_size
     q = tree.draft_probs
     valid = tree.node_valid.tolist()
+    copied = tree.copied.tolist() if (q is not None and tree.copied is not None) else None
     paths, next_tokens = [], []
     for row in range(b):
         slot, path = 0, []
         while True:
             r = p[row, slot]
             kids = [node for node in tree.children[row][slot] if valid[row][node]]
+            drawn = kids if copied is None else [node for node in kids if not copied[row][node]]
             chosen = None
-            law = q[row, kids[0]].to(p.dtype).clone() if (q is not None and kids) else None
+            law = q[row, drawn[0]].to(p.dtype).clone() if (q is not None and drawn) else None
             for node in kids:
                 x = int(tree.tokens[row, node])
-                proposal = law if law is not None else _point_masses(tree.tokens[row, node], p.shape[-1], p.dtype)
+                point = law is None or (copied is not None and copied[row][node])
+                proposal = _point_masses(tree.tokens[row, node], p.shape[-1], p.dtype) if point else law
                 if bool(rng.coins(acceptance_probability(r[x], proposal[x]))):
                     chosen = node
                     break
                 r = residual(r, proposal)
-                if law is not None:  # the next sibling was drawn with this one removed
+                if not point:  # the next drawn sibling was drawn with this one removed (copies remove nothing)
                     law = law.clone()
                     law[x] = 0
                     law = _normalise(law) if law.sum() > 0 else law
@@ -249,7 +254,10 @@ def accept(tree: DraftTree, verification: Verification, sampling: SamplingConfig
     if typical is not None:
         return typical_accept(tree, p, rng, *typical)
     if tree.is_chain:
-        return speculative_sampling(tree.tokens, tree.draft_probs, p, rng, tree.valid)
+        q = tree.draft_probs
+        if q is not None and tree.copied is not None and bool(tree.copied.any()):  # copies are point masses
+            q = torch.where(tree.copied[..., None], _point_masses(tree.tokens, q.shape[-1], q.dtype), q)
+        return speculative_sampling(tree.tokens, q, p, rng, tree.valid)
     return recursive_rejection_sampling(tree, p, rng)
 
 

@@ -6,9 +6,13 @@ Examples::
     specdec --drafter chimera "Summarise: ..." --max-new-tokens 200
     specdec --chat chat.json --drafter draft_model --sample --temperature 0.7 --seed 0
     echo "Translate into French: good morning" | specdec --drafter none
+    specdec --interactive --drafter hybrid                           # a chat: one line per turn, until EOF
 
 The prompt is sent as one user turn through the model's chat template (``--raw`` sends it as
 plain text instead); ``--chat`` reads a JSON list of ``{"role", "content"}`` messages.
+``--interactive`` reads one user turn per line from standard input and answers each with the whole
+conversation as the prompt; the drafter (with a hybrid's suffix cache) and its policy are kept across
+turns, so later turns copy from earlier answers.
 
 With no ``--drafter`` the CLI picks: the packaged drafter made for the model that its card
 measured fastest (``specdec.drafters.packaged_for``), else prompt lookup; each step's tree is sized
@@ -22,9 +26,10 @@ import json
 import sys
 from pathlib import Path
 
-DRAFTERS = ("auto", "none", "prompt_lookup", "draft_model", "medusa", "chimera", "rsd")
+DRAFTERS = ("auto", "none", "prompt_lookup", "draft_model", "medusa", "chimera", "rsd", "hybrid")
 ARTIFACTS = {"draft_model": "draft-{name}", "rsd": "draft-{name}", "medusa": "medusa-{name}",
              "chimera": "chimera-{name}"}  # packaged artifact names (specdec.drafters.load)
+HYBRID_MODELS = ("chimera", "draft_model")  # --drafter hybrid: copies plus the first of these packaged for the model
 
 
 def parser() -> argparse.ArgumentParser:
@@ -34,6 +39,8 @@ def parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("Examples::")[1].split("The prompt")[0])
     p.add_argument("prompt", nargs="?", help="the user's message (default: read standard input)")
     p.add_argument("--chat", type=Path, help="a JSON file holding a list of {role, content} messages")
+    p.add_argument("--interactive", action="store_true",
+                   help="chat: read one user turn per line from standard input until end of input")
     p.add_argument("--raw", action="store_true", help="send the prompt as plain text, without the chat template")
     p.add_argument("--model", default="smollm2-135m-instruct",
                    help="a packaged model name, a local Hugging Face directory or a Hub id (default: %(default)s)")
@@ -66,6 +73,16 @@ def build_drafter(kind: str, model, model_name: str, path: str | None):
         return None, "none (plain decoding)"
     if kind == "prompt_lookup":
         return drafters.PromptLookup(), "prompt lookup (asked for)"
+    if kind == "hybrid":
+        name = Path(str(model_name)).name.lower()
+        for part in ([None] if path else HYBRID_MODELS):
+            artifact = path or ARTIFACTS[part].format(name=name)
+            try:
+                return drafters.Hybrid(drafters.load(artifact, model)), f"hybrid of copies and {artifact} (asked for)"
+            except FileNotFoundError:
+                if path:
+                    raise
+        return drafters.PromptLookup(), "prompt lookup (a hybrid was asked for, but no model drafter is packaged)"
     artifact = path or ARTIFACTS[kind].format(name=Path(str(model_name)).name.lower())
     if kind == "rsd":
         return drafters.RecursiveTree(drafters.load_draft_model(model, artifact)), f"RSD trees drafted by {artifact} (asked for)"
@@ -73,11 +90,15 @@ def build_drafter(kind: str, model, model_name: str, path: str | None):
 
 
 def messages_of(args) -> list[dict] | str:
+    """The prompt: ``--chat``'s messages, else the text (as one user turn unless ``--raw``); with
+    ``--interactive`` the conversation so far (``--chat``'s messages, or none)."""
     if args.chat is not None:
         chat = json.loads(args.chat.read_text(encoding="utf-8"))
         if not isinstance(chat, list) or not all(isinstance(m, dict) and {"role", "content"} <= set(m) for m in chat):
             raise SystemExit(f"{args.chat}: expected a JSON list of {{\"role\", \"content\"}} messages")
         return chat
+    if args.interactive:
+        return []
     text = args.prompt if args.prompt is not None else sys.stdin.read()
     if not text.strip():
         raise SystemExit("no prompt: give one as an argument, on standard input, or with --chat")
@@ -106,7 +127,6 @@ def main(argv: list[str] | None = None) -> int:
         drafter, chosen = build_drafter(args.drafter, model, args.model, args.draft_path)
     except (FileNotFoundError, ValueError) as error:
         raise SystemExit(f"specdec: {error}") from None
-    ids = tokenizer(prompt, return_tensors="pt")["input_ids"] if isinstance(prompt, str) else encode_chat(tokenizer, prompt)
     speculation = args.speculation
     if speculation is not None:
         try:
@@ -121,14 +141,34 @@ def main(argv: list[str] | None = None) -> int:
     streamer = None if args.no_stream else TextStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
     sampling = dict(do_sample=True, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p) if args.sample else {}
     clock = clock_for(model)
-    started = clock()
-    with torch.inference_mode():
-        out = specdec.generate(model, ids, drafter, max_new_tokens=args.max_new_tokens, seed=args.seed,
-                               speculation=speculation if drafter is not None else None, streamer=streamer, **sampling)
-    seconds = clock() - started
-    if args.no_stream:
-        print(tokenizer.decode(out.sequences[0, ids.shape[1]:], skip_special_tokens=True))
-    stats = out.stats
+
+    def answer(prompt):
+        ids = tokenizer(prompt, return_tensors="pt")["input_ids"] if isinstance(prompt, str) else encode_chat(tokenizer, prompt)
+        started = clock()
+        with torch.inference_mode():
+            out = specdec.generate(model, ids, drafter, max_new_tokens=args.max_new_tokens, seed=args.seed,
+                                   speculation=speculation if drafter is not None else None, streamer=streamer, **sampling)
+        seconds = clock() - started
+        text = tokenizer.decode(out.sequences[0, ids.shape[1]:], skip_special_tokens=True)
+        if args.no_stream:
+            print(text)
+        report(args, out.stats, seconds, chosen)
+        return text
+
+    if not args.interactive:
+        answer(prompt)
+        return 0
+    print("specdec: one message per line; end of input (Ctrl-D) ends the chat", file=sys.stderr, flush=True)
+    for line in sys.stdin:
+        if not line.strip():
+            continue
+        prompt.append({"role": "user", "content": line.rstrip("\n")})
+        prompt.append({"role": "assistant", "content": answer(prompt)})
+    return 0
+
+
+def report(args, stats, seconds: float, chosen: str) -> None:
+    """The stats line on standard error (and with ``--json`` one JSON line on standard output)."""
     rates = " / ".join(f"{a:.2f}" for a in stats.acceptance_by_position()[:8]) or "-"
     print(f"\n[{stats.tokens_generated} tokens in {seconds:.1f} s: {stats.tokens_generated / seconds:.1f} tokens/s, "
           f"{stats.mean_accepted_tokens:.2f} tokens per step, acceptance by position {rates}; "
@@ -136,7 +176,6 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         print(json.dumps({"tokens": stats.tokens_generated, "seconds": seconds, **{
             k: v for k, v in stats.as_dict().items() if k in ("steps", "mean_accepted_tokens", "acceptance_by_position")}}))
-    return 0
 
 
 if __name__ == "__main__":

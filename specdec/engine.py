@@ -19,21 +19,15 @@ import torch
 
 from .acceptance import Acceptance, accept
 from .clock import Clock, clock_for
-from .config import DecodeConfig, resolve
+from .config import DecodeConfig
 from .drafters.base import CommitUpdate, Drafter, DraftRequest
-from .inputs import assemble, check_inputs, eos_ids, pad_id, truncate
+from .inputs import eos_ids, pad_id, truncate
 from .sampling import Randomness, seeded_randomness
 from .speculation import SpeculationPlan, StepContext, StepReport, as_policy
 from .stats import DecodeStats
 from .streaming import BatchStream
 from .target import Target
 from .tree import DraftTree
-
-
-@dataclass
-class GenerateOutput:
-    sequences: torch.Tensor  # [B, T + generated], like model.generate
-    stats: DecodeStats
 
 
 @dataclass
@@ -161,13 +155,13 @@ class Decoding:
     def step(self, cohort: Cohort) -> Step:
         """1. propose, 2. verify and 3. accept, for every row of ``cohort``; :meth:`commit` follows."""
         t0 = self.clock()
-        depth, nodes = self._plan(cohort)
+        depth, nodes, sources = self._plan(cohort)
         # 1. propose
         proposed = any(depth)
         origin = None
         if proposed:
             lengths = torch.tensor([self.length(i) for i in cohort.ids], device=cohort.roots.device)
-            request = DraftRequest(cohort.roots, lengths, depth, self.sampling, self.rng, nodes)
+            request = DraftRequest(cohort.roots, lengths, depth, self.sampling, self.rng, nodes, sources)
             proposal = cohort.drafter.propose(request)
             _check_tree(proposal, request)
             limited = proposal.limited(depth, nodes)
@@ -187,11 +181,12 @@ class Decoding:
         return Step(tree, proposal, origin, proposed, depth, acceptance, verification.hidden, cohort.roots,
                     t1 - t0, t2 - t1, t3 - t2)
 
-    def _plan(self, cohort: Cohort) -> tuple[list[int], list[int | None] | None]:
-        """Each row's depth (the policy's, within the row's budget and the drafter's reach) and node budget."""
+    def _plan(self, cohort: Cohort) -> tuple[list[int], list[int | None] | None, tuple[int, ...] | None]:
+        """Each row's depth (the policy's, within the row's budget and the drafter's reach), node budget, and
+        the drafter's sources asked for."""
         self._predicted = None
         if cohort.drafter is None:
-            return [0] * cohort.size, None
+            return [0] * cohort.size, None, None
         remaining = [self.config.max_new_tokens - len(self.generated[i]) for i in cohort.ids]
         drafter = cohort.drafter
         context = StepContext(list(cohort.ids), [self.length(i) for i in cohort.ids], remaining,
@@ -202,7 +197,7 @@ class Decoding:
                             f"per row ({cohort.size}), got {plan!r}")
         reach = drafter.max_depth if drafter.max_depth is not None else max(plan.depth, default=0)
         self._predicted = plan.predicted_seconds
-        return [max(0, min(d, r - 1, reach)) for d, r in zip(plan.depth, remaining)], plan.max_nodes
+        return [max(0, min(d, r - 1, reach)) for d, r in zip(plan.depth, remaining)], plan.max_nodes, plan.sources
 
     def commit(self, cohort: Cohort, step: Step, regroup=None) -> list[Cohort]:
         """4. commit the token lists, then the caches, and 5. adapt the policy.
@@ -214,6 +209,7 @@ class Decoding:
         stats = self.stats
         paths, next_tokens = step.acceptance.paths, step.acceptance.next_tokens.tolist()
         tokens = step.tree.tokens.tolist() if any(paths) else None
+        copied = step.tree.copied.tolist() if step.tree.copied is not None and any(paths) else None
         proposed_depth = self._proposed_depth(step.tree)
         still = []
         for r, sequence in enumerate(cohort.ids):
@@ -228,6 +224,8 @@ class Decoding:
             if not finished:
                 still.append(r)
             stats.depth_accepted[proposed_depth[r], len(path)] += 1
+            if copied is not None:
+                stats.accepted_copies += sum(copied[r][n] for n in path)
         if self.stream is not None:
             self.stream.flush()
         stats.steps += 1
@@ -291,56 +289,6 @@ def new_job(model, drafter, config: DecodeConfig, randomness: Randomness | None,
     """A :class:`Decoding` with the random source ``randomness`` (default: seeded by ``config.seed``)."""
     rng = randomness if randomness is not None else seeded_randomness(config.seed, device)
     return Decoding(model, drafter, config, rng)
-
-
-def generate(
-    target,
-    input_ids: torch.Tensor,
-    drafter: Drafter | None = None,
-    attention_mask: torch.Tensor | None = None,
-    *,
-    config: DecodeConfig | None = None,
-    streamer=None,
-    randomness: Randomness | None = None,
-    **settings,
-) -> GenerateOutput:
-    """Decode ``max_new_tokens`` tokens at most from ``target`` with speculative decoding.
-
-    ``target`` is a Hugging Face causal LM; ``drafter=None`` decodes plainly through the same
-    loop.  Decoding settings come from ``config`` (a :class:`~specdec.config.DecodeConfig`) and
-    keyword arguments naming its fields (``max_new_tokens``, ``do_sample``, ``temperature``,
-    ``top_k``, ``top_p``, ``eos_token_id``, ``pad_token_id``, ``seed``, ``speculation``,
-    ``typical_acceptance``), which win.  ``speculation`` is the length policy: None (the
-    drafter's ``num_tokens``), an int, or a :class:`~specdec.speculation.SpeculationPolicy`.
-    ``typical_acceptance=(epsilon, delta)`` replaces lossless sampling by Medusa's typical
-    acceptance: LOSSY, the output is no longer distributed as the target's.
-
-    ``streamer`` (Hugging Face's ``put``/``end`` protocol) receives the tokens as each step
-    commits them.  ``randomness`` replaces the seeded random source (every coin and draw goes
-    through it; tests pass one that enumerates outcomes exactly).
-
-    A batch is decoded together (EQSPEC): after each step rows that accepted different
-    numbers of tokens are realigned, and finished rows leave the batch.
-    """
-    from .schedule import FixedBatches
-
-    model = target.model if isinstance(target, Target) else target
-    settings = resolve(config, settings)
-    check_inputs(model, input_ids, attention_mask, settings.max_new_tokens, drafter, settings.pad_token_id)
-    if attention_mask is None:
-        attention_mask = torch.ones_like(input_ids)
-    job = new_job(model, drafter, settings, randomness, input_ids.device)
-    started = job.clock()
-    with torch.no_grad():
-        if streamer is not None:
-            job.stream = BatchStream(streamer, input_ids, job.pad)
-        rows = list(range(input_ids.shape[0]))
-        decode(job, FixedBatches([(rows, input_ids, attention_mask)]))
-        if job.stream is not None:
-            job.stream.end()
-    job.finish(started)
-    generated = [job.generated[i] for i in rows]
-    return GenerateOutput(assemble(input_ids, generated, job.pad), job.stats)
 
 
 def _check_tree(tree: DraftTree, request: DraftRequest) -> None:

@@ -111,13 +111,6 @@ class BufferLayer(CacheLayerMixin):
         if self.get_seq_length():
             self.set(self.keys[indices], self.values[indices])
 
-    def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
-        self.batch_select_indices(beam_idx)
-
-    def batch_repeat_interleave(self, repeats: int) -> None:
-        if self.get_seq_length():
-            self.set(self.keys.repeat_interleave(repeats, dim=0), self.values.repeat_interleave(repeats, dim=0))
-
 
 class RaggedCache:
     def __init__(self, config, batch_size: int, device):

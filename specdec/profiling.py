@@ -189,13 +189,9 @@ def time_verify(model, batches, nodes, contexts, repeats: int, seed: int = 0, ke
             for r in range(repeats + 1):  # the first round warms up
                 for n in (nodes if r % 2 else reversed(nodes)):
                     started = clock()
-                    verification = target.verify(roots, trees[n])
+                    verification = target.try_verify(roots, trees[n])  # the cache stays at the context
                     verification.logits_at(torch.zeros(1, dtype=torch.long, device=device)).argmax(-1)
                     elapsed = clock() - started
-                    cache = target.cache
-                    keep = cache.mask.clone()
-                    keep[:, cache.width - 1 - n:] = False  # back to the context
-                    cache.keep(keep)
                     if r:
                         times[n].append(elapsed)
                 if progress is not None:
@@ -209,7 +205,7 @@ def time_verify(model, batches, nodes, contexts, repeats: int, seed: int = 0, ke
 def time_draft(model, drafter, batches, depths, repeats: int = 1, seed: int = 0,
                progress: _Progress | None = None) -> list[dict]:
     """A drafter's draft seconds per step at depth k and batch size B, from ``specdec.generate`` runs."""
-    from .engine import generate
+    from .generation import generate
 
     g = torch.Generator().manual_seed(seed)
     vocab = model.get_output_embeddings().weight.shape[0]

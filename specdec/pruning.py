@@ -14,6 +14,12 @@ root: the next node is the highest-valued one whose parent and earlier siblings 
 (:func:`growth_order`).  Requiring the earlier siblings keeps every kept sibling set a prefix of
 its draw order, which sampled trees (siblings drawn without replacement) need to stay lossless.
 
+A hybrid tree has nodes from two *sources* (a model's draws and copies from the context, see
+:class:`~specdec.drafters.hybrid.Hybrid`).  Ranks and rates are then kept per source: the rank of
+a copy counts only the copies under its parent, and a copy needs no model sibling before it (a
+copy is a point mass, exact wherever it stands), so the best subtree may keep a parent's copies
+without its drawn children.  Without ``sources`` every node is of source 0.
+
 Which m pays is a question of time: a step verifying m nodes per row takes ``seconds(m)`` (the
 latency model's cost curve), and :func:`best_width` picks the m of highest *goodput*, expected
 tokens per second, over a batch whose rows each keep their own best ``min(m, n_r)`` nodes (the
@@ -26,16 +32,18 @@ import heapq
 from typing import Callable, Sequence
 
 
-def sibling_ranks(parents: Sequence[int], valid: Sequence[bool] | None = None) -> list[int]:
-    """Each node's rank among its parent's valid children, in node order (-1 at placeholders)."""
-    seen: dict[int, int] = {}
+def sibling_ranks(parents: Sequence[int], valid: Sequence[bool] | None = None,
+                  sources: Sequence[int] | None = None) -> list[int]:
+    """Each node's rank among its parent's valid children of its source, in node order (-1 at placeholders)."""
+    seen: dict[tuple[int, int], int] = {}
     ranks = []
     for i, parent in enumerate(parents):
         if valid is not None and not valid[i]:
             ranks.append(-1)
             continue
-        ranks.append(seen.get(parent, 0))
-        seen[parent] = ranks[-1] + 1
+        group = (parent, sources[i] if sources is not None else 0)
+        ranks.append(seen.get(group, 0))
+        seen[group] = ranks[-1] + 1
     return ranks
 
 
@@ -47,10 +55,11 @@ def node_depths(parents: Sequence[int]) -> list[int]:
     return depths
 
 
-def path_values(parents: Sequence[int], rate: Callable[[int, int], float],
-                valid: Sequence[bool] | None = None) -> list[float]:
-    """Each node's acceptance probability: the product of ``rate(depth, rank)`` along its path (0 at placeholders)."""
-    ranks = sibling_ranks(parents, valid)
+def path_values(parents: Sequence[int], rate: Callable[..., float],
+                valid: Sequence[bool] | None = None, sources: Sequence[int] | None = None) -> list[float]:
+    """Each node's acceptance probability: the product of ``rate(depth, rank)`` along its path (0 at
+    placeholders); with ``sources``, of ``rate(depth, rank, source)``."""
+    ranks = sibling_ranks(parents, valid, sources)
     depths = node_depths(parents)
     values: list[float] = []
     for i, parent in enumerate(parents):
@@ -58,28 +67,35 @@ def path_values(parents: Sequence[int], rate: Callable[[int, int], float],
             values.append(0.0)
             continue
         above = 1.0 if parent < 0 else values[parent]
-        values.append(above * rate(depths[i], ranks[i]))
+        cell = rate(depths[i], ranks[i]) if sources is None else rate(depths[i], ranks[i], sources[i])
+        values.append(above * cell)
     return values
 
 
-def growth_order(parents: Sequence[int], values: Sequence[float], valid: Sequence[bool] | None = None) -> list[int]:
+def growth_order(parents: Sequence[int], values: Sequence[float], valid: Sequence[bool] | None = None,
+                 sources: Sequence[int] | None = None) -> list[int]:
     """Valid nodes in the order a best subtree grows: its first m nodes are the best m-node subtree
-    closed under parents and earlier siblings (ties go to the earlier node)."""
-    children: dict[int, list[int]] = {}
+    closed under parents and earlier siblings of the same source (ties go to the earlier node)."""
+    groups: dict[tuple[int, int], list[int]] = {}  # (parent, source) -> children in node order
+    firsts: dict[int, list[int]] = {}  # parent -> the first child of each of its groups
     for i, parent in enumerate(parents):
         if valid is None or valid[i]:
-            children.setdefault(parent, []).append(i)
-    heap = [(-values[children[-1][0]], children[-1][0])] if children.get(-1) else []
+            group = groups.setdefault((parent, sources[i] if sources is not None else 0), [])
+            if not group:
+                firsts.setdefault(parent, []).append(i)
+            group.append(i)
+    heap = [(-values[i], i) for i in firsts.get(-1, [])]
+    heapq.heapify(heap)
     order = []
     while heap:
         _, node = heapq.heappop(heap)
         order.append(node)
-        siblings = children[parents[node]]
+        siblings = groups[(parents[node], sources[node] if sources is not None else 0)]
         at = siblings.index(node)
         if at + 1 < len(siblings):
             heapq.heappush(heap, (-values[siblings[at + 1]], siblings[at + 1]))
-        if children.get(node):
-            heapq.heappush(heap, (-values[children[node][0]], children[node][0]))
+        for child in firsts.get(node, []):
+            heapq.heappush(heap, (-values[child], child))
     return order
 
 

@@ -36,6 +36,13 @@ Probes that change nothing double the interval, up to ``4 * probe_every``.  The 
 after ``probe_every`` drafting steps in a row one step decodes plainly, so that the machine's speed
 (measured on plain steps) and a drafting width's own overhead stay apart (:mod:`specdec.step_time`).
 
+A hybrid drafter (:class:`~specdec.drafters.hybrid.Hybrid`) proposes nodes of two sources, a
+model's draws and copies.  Acceptance is learnt per source (copies start from ``copy_prior``: once a
+copy's first token is right, the next ones usually are), the pruning ranks both sources' nodes by the
+same values, and the plan weighs one more option per depth: the drafter's *free* sources alone (copies,
+a dictionary lookup), which costs no draft time, is drafted to the full depth and left to the pruning.
+After ``probe_every`` copy-only steps in a row the model is weighed again.
+
 One SmartSpec learns across the jobs it serves (what ``drafter.default_policy()`` relies on): the
 batch-wide acceptance and the time corrections carry over, the per-row rates start afresh.
 """
@@ -58,7 +65,8 @@ class SmartSpec(SpeculationPolicy):
     def __init__(self, max_depth: int | None = None, latency: LatencyModel | str | Path | None = None,
                  prior: float | list[float] = 0.5, decay: float = 0.97, margin: float = 1.0,
                  row_weight: float = 8.0, profile_on_first_use: bool = True, probe_every: int = 16,
-                 time_decay: float = 0.8, min_time_observations: int = 3, correct_times: bool = True):
+                 time_decay: float = 0.8, min_time_observations: int = 3, correct_times: bool = True,
+                 copy_prior: float | list[float] = (0.4, 0.7)):
         if max_depth is not None and (isinstance(max_depth, bool) or not isinstance(max_depth, int) or max_depth < 1):
             raise ValueError(f"max_depth must be an int >= 1 or None, got {max_depth!r}")
         priors = [prior] if isinstance(prior, (int, float)) else list(prior)
@@ -73,15 +81,19 @@ class SmartSpec(SpeculationPolicy):
         if not 0.0 <= time_decay < 1.0:
             raise ValueError(f"time_decay must be in [0, 1), got {time_decay!r}")
         self.max_depth, self.latency, self.margin = max_depth, latency, float(margin)
-        self.rates = RankRates(geometric_prior(priors), decay, row_weight)
+        copies = [copy_prior] if isinstance(copy_prior, (int, float)) else list(copy_prior)
+        if not copies or any(not 0.0 <= float(p) <= 1.0 for p in copies):
+            raise ValueError(f"copy_prior must be an acceptance rate in [0, 1] or a list of them, got {copy_prior!r}")
+        self.rates = RankRates(geometric_prior(priors), decay, row_weight, source_priors={1: geometric_prior(copies)})
         self.profile_on_first_use = profile_on_first_use
         self.probe_every, self._idle, self._probe_interval, self._drafting = probe_every, 0, probe_every, 0
+        self._free_steps = 0  # steps in a row that drafted only the drafter's free sources
         self.time_decay, self.min_time, self.correct_times = float(time_decay), int(min_time_observations), bool(correct_times)
         self.times: StepTimes | None = None
         self.drafter = None
         self.depth_limit = 0
         self.node_limit = 0
-        self._template: tuple[list[int], list[int]] | None = None
+        self._template: tuple[list[int], list[int], list[int] | None] | None = None
         self._step: dict | None = None  # the step being planned: depth, probe, predicted times
         self.history: list[dict] = []  # per step: depth, width, predicted and measured seconds
 
@@ -107,13 +119,15 @@ class SmartSpec(SpeculationPolicy):
         self.depth_limit = want if drafter.max_depth is None else min(want, drafter.max_depth)
         self.node_limit = int(getattr(drafter, "num_nodes", None) or 64)
 
-    def template(self) -> tuple[list[int], list[int]]:
-        """Parents and depths of the drafter's largest tree, ``depth_limit`` levels deep (built once).
+    def template(self) -> tuple[list[int], list[int], list[int] | None]:
+        """Parents, depths and sources (None: one source) of the drafter's largest tree, ``depth_limit``
+        levels deep (built once).
 
         The tree at a smaller depth K is its nodes of depth <= K: the drafters' trees grow level by level."""
         if self._template is None:
             parents = list(self.drafter.tree_template(self.depth_limit))
-            self._template = (parents, node_depths(parents))
+            sources = self.drafter.template_sources(self.depth_limit)
+            self._template = (parents, node_depths(parents), None if sources is None else list(sources))
         return self._template
 
     # ---- before drafting: the depth ---------------------------------------------------------------
@@ -122,51 +136,87 @@ class SmartSpec(SpeculationPolicy):
             raise RuntimeError("SmartSpec.plan before start(): the engine binds the policy to its model first")
         b = context.batch_size
         mean_context = sum(context.lengths) / b
-        parents, depths = self.template()
+        parents, depths, sources = self.template()
         widest = min(len(parents), self.node_limit)
-        rows = [self._ordered_values(s, parents) for s in context.sequences]
-        choice = (0, 0, None)  # depth, width, goodput
-        for depth in range(self.depth_limit + 1):
-            seconds = self.times.seconds(b, depth, mean_context, widest if depth else 0)
-            gains = [self._gains(values, share, depths, order, min(depth, left - 1), widest)
-                     for (values, order, share), left in zip(rows, context.remaining)]
-            width, goodput = best_width(gains, seconds.__getitem__, len(seconds) - 1)
-            if depth == 0:
-                goodput *= self.margin
-            if choice[2] is None or goodput > choice[2] * (1 + 1e-9):
-                choice = (depth, width, goodput)
+        rows = [self._ordered_values(s, parents, sources) for s in context.sequences]
+        free = self._free_nodes(parents, sources)
+        choice = (0, 0, None, False)  # depth, width, goodput, free sources only
+        for only_free in ([False] if free is None else [False, True]):
+            # copying costs no draft time at any depth: one look at the deepest (the pruning cuts it later)
+            for depth in ([self.depth_limit] if only_free else range(self.depth_limit + 1)):
+                seconds = self.times.seconds(b, depth, mean_context, widest if depth else 0, drafting=not only_free)
+                gains = [self._gains(values, depths, order, min(depth, left - 1), widest, free if only_free else None)
+                         for (values, order), left in zip(rows, context.remaining)]
+                width, goodput = best_width(gains, seconds.__getitem__, len(seconds) - 1)
+                if depth == 0:
+                    goodput *= self.margin
+                if choice[2] is None or goodput > choice[2] * (1 + 1e-9):
+                    choice = (depth, width, goodput, only_free)
         depth = choice[0] if choice[1] > 0 else 0
+        only_free = choice[3] and depth > 0
+        if free is not None and not (depth and not only_free):
+            # free sources cost no draft time and a step whose copies find nothing is a plain step: rather than
+            # decode plainly, copy to the full depth and let the pruning keep what pays (possibly nothing)
+            depth, only_free = self.depth_limit, True
+        probe = False
+        if only_free:
+            self._free_steps += 1
+            if self._free_steps >= self._probe_interval:  # weigh the model again on what it now does
+                depth, only_free, probe, self._free_steps = self.depth_limit, False, True, 0
+                self._probe_interval = min(2 * self._probe_interval, 4 * self.probe_every)
+        elif depth > 0:
+            self._free_steps = 0
         self._idle = self._idle + 1 if depth == 0 else 0
         self._drafting = self._drafting + 1 if depth > 0 else 0
-        probe = False
         if depth > 0:
-            self._probe_interval = self.probe_every
-            if self._drafting > self.probe_every:  # a plain step now and then keeps the machine's speed known
-                depth, self._drafting = 0, 0
+            if not probe and not only_free:
+                self._probe_interval = self.probe_every
+            if self._drafting > self.probe_every and not probe:  # a plain step now and then keeps the machine's speed known
+                depth, only_free, self._drafting = 0, False, 0
         elif self._idle >= self._probe_interval and self.depth_limit >= 1:  # look at the acceptance again
             depth, probe, self._idle = 1, True, 0
             self._probe_interval = min(2 * self._probe_interval, 4 * self.probe_every)
         self._step = {"depth": depth, "probe": probe, "batch": b, "context": mean_context,
-                      "sequences": list(context.sequences)}
-        predicted = self.times.seconds(b, depth, mean_context, choice[1])[choice[1] if depth else 0]
-        return SpeculationPlan([depth] * b, None, predicted)
+                      "sequences": list(context.sequences), "drafting": not only_free}
+        predicted = self.times.seconds(b, depth, mean_context, choice[1], drafting=not only_free)[choice[1] if depth else 0]
+        return SpeculationPlan([depth] * b, None, predicted, tuple(self.drafter.free_sources) if only_free else None)
 
-    def _ordered_values(self, sequence: int, parents: list[int]) -> tuple[list[float], list[int], float]:
-        values = path_values(parents, self.rates.rates_of(sequence))
-        return values, growth_order(parents, values), self.rates.proposes(sequence)
+    def _free_nodes(self, parents: list[int], sources: list[int] | None) -> set[int] | None:
+        """Template nodes a step drafting only the drafter's free sources proposes (None: it has none)."""
+        free_sources = set(getattr(self.drafter, "free_sources", ()) or ())
+        if sources is None or not free_sources:
+            return None
+        free: set[int] = set()
+        for node, (parent, source) in enumerate(zip(parents, sources)):
+            if source in free_sources and (parent < 0 or parent in free):
+                free.add(node)
+        return free or None
+
+    def _ordered_values(self, sequence: int, parents: list[int],
+                        sources: list[int] | None) -> tuple[list[float], list[int]]:
+        """The template's node values for a row, each weighted by how often the row proposes a node of
+        its source at all, and their growth order."""
+        values = path_values(parents, self.rates.rates_of(sequence), None, sources)
+        if sources is None:
+            share = self.rates.proposes(sequence)
+            values = [share * v for v in values]
+        else:
+            shares = {s: self.rates.proposes(sequence, s) for s in set(sources)}
+            values = [shares[s] * v for v, s in zip(values, sources)]
+        return values, growth_order(parents, values, None, sources)
 
     @staticmethod
-    def _gains(values, share: float, depths: list[int], order: list[int], depth: int, widest: int) -> list[float]:
-        """Expected tokens with the best m nodes no deeper than ``depth``, m = 0..widest, weighted by
-        ``share``, how often the row proposes at all."""
+    def _gains(values, depths: list[int], order: list[int], depth: int, widest: int,
+               among: set[int] | None = None) -> list[float]:
+        """Expected tokens with the best m nodes no deeper than ``depth`` (and in ``among``, if given), m = 0..widest."""
         gains = [1.0]
         if depth <= 0:
             return gains
         for node in order:
             if len(gains) > widest:
                 break
-            if depths[node] <= depth:
-                gains.append(gains[-1] + share * values[node])
+            if depths[node] <= depth and (among is None or node in among):
+                gains.append(gains[-1] + values[node])
         return gains
 
     # ---- after drafting: the tree -------------------------------------------------------------------
@@ -176,12 +226,18 @@ class SmartSpec(SpeculationPolicy):
             return None
         b, depth, context = step["batch"], step["depth"], step["context"]
         orders, gains = [], []
-        for sequence, parents, valid in zip(step["sequences"], tree.parents.tolist(), tree.node_valid.tolist()):
-            values = path_values(parents, self.rates.rates_of(sequence), valid)
-            order = growth_order(parents, values, valid)
+        copied = tree.copied.tolist() if tree.copied is not None else [None] * b
+        valid_rows = tree.node_valid.tolist()
+        asked = self._asked(step)  # a copy-only step says nothing of the model
+        step["proposed"] = [{s: any(v and (c is None or x == bool(s)) for v, x in zip(ok, c or ok)) for s in asked}
+                            for ok, c in zip(valid_rows, copied)]  # per source asked for, before pruning
+        for sequence, parents, valid, kinds in zip(step["sequences"], tree.parents.tolist(), valid_rows, copied):
+            sources = None if kinds is None else [int(x) for x in kinds]
+            values = path_values(parents, self.rates.rates_of(sequence), valid, sources)
+            order = growth_order(parents, values, valid, sources)
             orders.append(order)
             gains.append(expected_tokens(values, order))
-        seconds = self.times.seconds(b, depth, context, max(len(o) for o in orders))
+        seconds = self.times.seconds(b, depth, context, max(len(o) for o in orders), drafting=step["drafting"])
         width, _ = best_width(gains, seconds.__getitem__, len(seconds) - 1)
         if step["probe"]:
             width = max(width, 1)
@@ -190,13 +246,20 @@ class SmartSpec(SpeculationPolicy):
             keep[row, order[:width]] = True
         return keep.to(tree.tokens.device)
 
+    def _asked(self, step: dict) -> tuple[int, ...]:
+        """The sources a step asked the drafter for: its free ones alone, or all it has."""
+        if not step["drafting"]:
+            return tuple(self.drafter.free_sources)
+        _, _, sources = self.template()
+        return (0,) if sources is None else tuple(sorted(set(sources)))
+
     # ---- after the step -----------------------------------------------------------------------------
     def observe(self, report: StepReport) -> None:
         step, self._step = self._step, None
         measured = report.draft_seconds + report.verify_seconds + report.other_seconds
         if step is not None:
             width = report.tree.num_nodes if report.tree is not None else max(report.proposed, default=0)
-            profiled = self.times.profiled(step["batch"], step["depth"], width, step["context"])
+            profiled = self.times.profiled(step["batch"], step["depth"], width, step["context"], step["drafting"])
             predicted = profiled * self.times.correction(step["batch"], width)
             if len(self.history) >= HISTORY:  # a policy kept for a long time keeps its recent steps only
                 del self.history[:HISTORY // 2]
@@ -207,8 +270,14 @@ class SmartSpec(SpeculationPolicy):
         if report.tree is None or report.paths is None:
             return
         parents_rows, valid_rows = report.tree.parents.tolist(), report.tree.node_valid.tolist()
+        copied = report.tree.copied.tolist() if report.tree.copied is not None else None
+        proposed = step.get("proposed") if step is not None else None
+        if proposed is None and step is not None and not report.tree.num_nodes:  # nothing proposed: no pruning saw it
+            proposed = [dict.fromkeys(self._asked(step), False) for _ in report.sequences]
         for row, (sequence, depth) in enumerate(zip(report.sequences, report.depth)):
-            self.rates.observe(sequence, parents_rows[row], valid_rows[row], report.paths[row], allowed=depth > 0)
+            sources = None if copied is None else [int(x) for x in copied[row]]
+            self.rates.observe(sequence, parents_rows[row], valid_rows[row], report.paths[row], allowed=depth > 0,
+                               sources=sources, proposed=None if proposed is None else proposed[row])
 
     def __repr__(self) -> str:
         return f"SmartSpec(max_depth={self.max_depth}, drafter={getattr(self.times, 'drafter_name', None)})"

@@ -49,6 +49,7 @@ class SpeculationPlan:
     depth: list[int]
     max_nodes: list[int | None] | None = None  # None: the drafter's own budget
     predicted_seconds: float | None = None  # the policy's prediction of the step's time, if it makes one
+    sources: tuple[int, ...] | None = None  # which of a hybrid drafter's sources draft this step (None: all)
 
     def __post_init__(self):
         if any(isinstance(d, bool) or not isinstance(d, int) or d < 0 for d in self.depth):

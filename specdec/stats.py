@@ -12,6 +12,7 @@ class DecodeStats:
     target_forwards: int = 0  # prefill included
     tokens_generated: int = 0
     drafted_tokens: int = 0  # nodes proposed over all steps
+    accepted_copies: int = 0  # accepted draft tokens that were copies (a hybrid's; DraftTree.copied)
     depth_accepted: Counter = field(default_factory=Counter)  # (draft depth proposed, accepted) -> row steps
     prefill_seconds: float = 0.0
     draft_seconds: float = 0.0
@@ -59,6 +60,7 @@ class DecodeStats:
             "target_forwards": self.target_forwards,
             "tokens_generated": self.tokens_generated,
             "drafted_tokens": self.drafted_tokens,
+            "accepted_copies": self.accepted_copies,
             "mean_accepted_tokens": self.mean_accepted_tokens,
             "accepted_histogram": {int(k): v for k, v in sorted(self.accepted_histogram.items())},
             "acceptance_by_position": self.acceptance_by_position(),

@@ -75,8 +75,7 @@ class Target:
         profiled for this model and machine (:func:`specdec.kernels.kernels_for`; the fallback without a profile).
 
         ``lean``: plain Llama models run :class:`~specdec.lean_llama.LeanLlama`, the same
-        mathematics from the same weights without Hugging Face's per-call plumbing (measured on
-        SmolLM2-135M, 2 threads, context 200: one token 28 against 20 ms, four 29 against 21 ms);
+        mathematics from the same weights without Hugging Face's per-call plumbing;
         its q/k/v and gate/up products are fused where the kernels say it pays and that copy is at most
         ``FUSE_BYTES``.  Other families, and ``lean=False``, run the model's own forward.
         """
@@ -91,7 +90,6 @@ class Target:
         self.head = model.get_output_embeddings()
         self.softcap = getattr(model.config, "final_logit_softcapping", None)
         self.cache: RaggedCache | None = None
-        self.forwards = 0
         self.few_rows = few_rows
 
     @property
@@ -123,7 +121,6 @@ class Target:
             positions = (context_mask.long().cumsum(dim=1) - 1).clamp_min(0)
             mask = context_mask.long() if not bool(context_mask.all()) else None
             hidden = self._forward(input_ids[:, :-1], mask, positions)
-            self.forwards += 1
         self.cache.appended(context_mask)
         return input_ids[:, -1], hidden
 
@@ -138,9 +135,18 @@ class Target:
         else:
             mask = tree_attention(self.model.config, self.cache.mask, tree, self.cache.lengths, self.dtype)
         hidden = self._forward(tree.verify_inputs(roots), mask, tree.position_ids(self.cache.lengths))
-        self.forwards += 1
         self.cache.appended(torch.ones(b, n1, dtype=torch.bool))
         return Verification(hidden, self.head, self.softcap, self.kernels)
+
+    @torch.no_grad()
+    def try_verify(self, roots: torch.Tensor, tree: DraftTree) -> Verification:
+        """:meth:`verify`, then the cache as it was before (the root's and the nodes' entries dropped
+        again): what a measurement of verification costs repeats on one context."""
+        verification = self.verify(roots, tree)
+        keep = self.cache.mask.clone()
+        keep[:, self.cache.width - 1 - tree.num_nodes:] = False
+        self.cache.keep(keep)
+        return verification
 
     def _forward(self, input_ids, attention_mask, position_ids) -> torch.Tensor:
         """The backbone's final hidden states [B, T, H], the new entries appended to the cache."""
@@ -182,9 +188,9 @@ class Target:
         return out
 
     def _sibling(self) -> "Target":
-        """The same model and settings, no cache, no forwards counted."""
+        """The same model and settings, no cache."""
         out = copy.copy(self)
-        out.cache, out.forwards = None, 0
+        out.cache = None
         return out
 
 

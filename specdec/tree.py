@@ -14,7 +14,10 @@ which is how the engine enforces per-row budgets (:meth:`DraftTree.limited`).
 A chain is a tree whose every node has one child.  ``draft_probs`` holds, per node, the
 processed draft law its token was drawn from (the law at its parent, before earlier siblings
 were removed); ``None`` means the tokens are deterministic guesses (top-k, n-gram copies),
-which the acceptance rules treat as point masses.
+which the acceptance rules treat as point masses.  A tree may mix the two (a hybrid of copies
+and a sampling draft model): ``copied`` marks the nodes that are deterministic copies, whose
+``draft_probs`` rows are point masses at their tokens; they were not drawn from the model's law,
+so the model siblings drawn after them do not exclude their tokens.
 """
 from __future__ import annotations
 
@@ -30,6 +33,7 @@ class DraftTree:
     parents: torch.Tensor  # [B, N] long (or [N], shared): parent node of each node, -1 for children of the root
     draft_probs: torch.Tensor | None = None  # [B, N, V]: law each node was drawn from, or None
     valid: torch.Tensor | None = None  # [B, N] bool: False at placeholder nodes a row lacks; None = all
+    copied: torch.Tensor | None = None  # [B, N] bool: deterministic copies (point masses) among drawn nodes; None = none
 
     def __post_init__(self):
         if self.tokens.dim() != 2:
@@ -52,6 +56,8 @@ class DraftTree:
                 raise ValueError("DraftTree.parents must be -1 (root) or a node index")
         if self.valid is not None and self.valid.shape != self.tokens.shape:
             raise ValueError(f"DraftTree.valid must match tokens {tuple(self.tokens.shape)}, got {tuple(self.valid.shape)}")
+        if self.copied is not None and self.copied.shape != self.tokens.shape:
+            raise ValueError(f"DraftTree.copied must match tokens {tuple(self.tokens.shape)}, got {tuple(self.copied.shape)}")
         if self.draft_probs is not None and self.draft_probs.shape[:2] != self.tokens.shape:
             raise ValueError(
                 f"DraftTree.draft_probs must be [batch, nodes, vocab] matching tokens {tuple(self.tokens.shape)}, "
@@ -61,10 +67,10 @@ class DraftTree:
     # ---- construction -------------------------------------------------------------------
     @classmethod
     def chain(cls, tokens: torch.Tensor, draft_probs: torch.Tensor | None = None,
-              valid: torch.Tensor | None = None) -> "DraftTree":
+              valid: torch.Tensor | None = None, copied: torch.Tensor | None = None) -> "DraftTree":
         """A chain of ``tokens.shape[1]`` nodes, each the child of the one before."""
         n = tokens.shape[1]
-        tree = cls(tokens, torch.arange(-1, n - 1, device=tokens.device), draft_probs, valid)
+        tree = cls(tokens, torch.arange(-1, n - 1, device=tokens.device), draft_probs, valid, copied)
         tree.__dict__["is_chain"] = True
         return tree
 
@@ -77,7 +83,7 @@ class DraftTree:
         """The trees of batch rows ``rows`` only."""
         pick = lambda t: None if t is None else t.index_select(0, rows)  # noqa: E731
         parents = self.parents[0] if self.shared_shape else pick(self.parents)
-        tree = DraftTree(pick(self.tokens), parents, pick(self.draft_probs), pick(self.valid))
+        tree = DraftTree(pick(self.tokens), parents, pick(self.draft_probs), pick(self.valid), pick(self.copied))
         if "is_chain" in self.__dict__:
             tree.__dict__["is_chain"] = self.is_chain
         return tree
@@ -102,7 +108,7 @@ class DraftTree:
 
     def _with_valid(self, valid: torch.Tensor) -> "DraftTree":
         parents = self.parents[0] if self.shared_shape else self.parents
-        tree = DraftTree(self.tokens, parents, self.draft_probs, valid)
+        tree = DraftTree(self.tokens, parents, self.draft_probs, valid, self.copied)
         if "is_chain" in self.__dict__:
             tree.__dict__["is_chain"] = self.is_chain
         return tree
@@ -131,10 +137,11 @@ class DraftTree:
         new_valid = torch.arange(width, device=device)[None, :] < counts[:, None]
         origin = torch.where(new_valid, order, torch.full_like(order, -1))
         tokens = self.tokens.gather(1, order)
+        copied = None if self.copied is None else self.copied.gather(1, order) & new_valid
         if self.is_chain and bool((keep == (torch.cumsum(keep.long(), 1) == torch.arange(1, n + 1, device=device))).all()):
             tree = DraftTree.chain(tokens, None if self.draft_probs is None else
                                    self.draft_probs.gather(1, order[..., None].expand(-1, -1, self.draft_probs.shape[-1])),
-                                   None if bool(new_valid.all()) else new_valid)
+                                   None if bool(new_valid.all()) else new_valid, copied)
             return tree, origin
         # new index of every old node (-1 if dropped), then the parents in the new numbering
         renumber = torch.full((b, n + 1), -1, dtype=torch.long, device=device)  # column 0: the root (-1 -> -1)
@@ -148,7 +155,8 @@ class DraftTree:
         if self.draft_probs is not None:
             probs = self.draft_probs.gather(1, order[..., None].expand(-1, -1, self.draft_probs.shape[-1]))
         shared = bool((parents == parents[:1]).all()) and bool(new_valid.all())
-        tree = DraftTree(tokens, parents[0] if shared else parents, probs, None if bool(new_valid.all()) else new_valid)
+        tree = DraftTree(tokens, parents[0] if shared else parents, probs, None if bool(new_valid.all()) else new_valid,
+                         copied)
         return tree, origin
 
     # ---- shape --------------------------------------------------------------------------

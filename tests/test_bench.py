@@ -15,6 +15,8 @@ import pytest
 from specdec.bench import metrics
 from specdec.bench.app import select_methods
 
+pytestmark = pytest.mark.slow  # subprocesses or the real model: seconds each
+
 TOP_LEVEL = {"schema_version", "created", "target", "baseline", "methods", "repeats", "spread", "skipped", "decoding",
              "dataset", "environment", "timing", "load", "output_dir", "overall", "by_category", "records",
              "method_configs", "config"}
@@ -27,13 +29,14 @@ LOAD = {"cpu_count", "threads", "loadavg_before", "loadavg_after", "own_after", 
         "calibration_limit", "busy", "reasons"}
 RECORD = {"prompt_id", "category", "method", "repeat", "prompt_tokens", "new_tokens", "seconds", "target_forwards",
           "steps", "draft_seconds", "verify_seconds", "other_seconds", "accepted_histogram", "depth_accepted",
-          "identical"}
+          "accepted_copies", "identical"}
 SUMMARY = {"target", "baseline", "prompts", "repeats", "max_new_tokens", "wall_seconds", "busy", "output_dir",
            "methods"}
 SUMMARY_METHOD = {"tok_s", "speedup", "speedup_min", "speedup_max", "mean_accepted", "equivalence"}
 REPEATS = 3  # bench.yaml's default; target=tiny keeps it
 CATEGORIES = ["conversation", "translation", "summarization", "qa", "math", "rag"]
-ALL_METHODS = ["hf_generate", "specdec_none", "specdec_auto", "specdec_draft_model", "specdec_prompt_lookup",
+ALL_METHODS = ["hf_generate", "specdec_none", "specdec_auto", "specdec_draft_model", "specdec_hybrid_draft",
+               "specdec_prompt_lookup",
                "specdec_rsd_beam", "specdec_rsd_gumbel", "hf_assisted", "hf_prompt_lookup"]
 
 
@@ -67,7 +70,8 @@ def test_default_run_writes_every_documented_field(default_run):
     assert doc["repeats"] == REPEATS and doc["spread"] == "min-max over repeats, per prompt"
     assert doc["methods"] == ALL_METHODS and doc["baseline"] == "hf_generate"
     # no Medusa heads exist for the random tiny target: `methods=all` skips them and says why
-    assert set(doc["skipped"]) == {"specdec_chimera", "specdec_medusa", "specdec_medusa_typical"}
+    assert set(doc["skipped"]) == {"specdec_chimera", "specdec_hybrid_chimera", "specdec_hybrid_chimera_no_cache",
+                                  "specdec_medusa", "specdec_medusa_typical"}
     assert all("artifact" in why and "not found" in why for why in doc["skipped"].values())
     assert list(doc["by_category"]) == CATEGORIES == doc["dataset"]["categories"]
     for table in [doc["overall"], *doc["by_category"].values()]:

@@ -9,6 +9,8 @@ import pytest
 import specdec
 from specdec.bench.targets import tiny_target
 
+pytestmark = pytest.mark.slow  # subprocesses or the real model: seconds each
+
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
@@ -63,3 +65,23 @@ def test_bad_input_is_named(model_dir, tmp_path):
     assert proc.returncode != 0 and "unknown model" in proc.stderr and "Traceback" not in proc.stderr
     proc = run("--help")
     assert proc.returncode == 0 and "--drafter" in proc.stdout and "lossless" in proc.stdout
+
+
+def test_interactive_chat_answers_each_turn_with_the_conversation_so_far(model_dir):
+    """Two turns on standard input: each answer is the model's own greedy answer to the whole conversation."""
+    proc = run("--model", str(model_dir), "--max-new-tokens", "5", "--threads", "1", "--interactive", "--no-stream",
+               "--json", "--drafter", "hybrid", stdin="hello\n\nand again\n")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "no model drafter is packaged" in proc.stderr  # the tiny model has none: copies alone
+    stats = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith('{"tokens"')]
+    assert len(stats) == 2 and all(s["tokens"] == 5 for s in stats)
+    model, tokenizer = specdec.load_model(model_dir)
+    chat, expected = [], []
+    for turn in ["hello", "and again"]:
+        chat.append({"role": "user", "content": turn})
+        ids = specdec.chat.encode_chat(tokenizer, chat)
+        want = model.generate(ids, max_new_tokens=5, do_sample=False, eos_token_id=None)
+        text = tokenizer.decode(want[0, ids.shape[1]:], skip_special_tokens=True)
+        expected.append(text + "\n" + json.dumps(stats[len(expected)]))  # each answer, then its stats line
+        chat.append({"role": "assistant", "content": text})
+    assert proc.stdout == "\n".join(expected) + "\n"

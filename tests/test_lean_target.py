@@ -62,5 +62,5 @@ def test_rows_taken_and_joined_keep_the_settings():
     part = target.take_rows(torch.tensor([1]))
     joined = part.join([target.take_rows(torch.tensor([0]))])
     for t in (part, joined):
-        assert t.lean is None and not t.few_rows and t.forwards == 0
-    assert joined.cache.batch_size == 2 and target.forwards == 1
+        assert t.lean is None and not t.few_rows
+    assert joined.cache.batch_size == 2 and target.cache.batch_size == 2

@@ -39,6 +39,7 @@ class DraftRequest:
     sampling: SamplingConfig
     rng: Randomness  # every random draw goes through it
     max_nodes: list[int | None] | None = None  # per row node budget (None: the drafter's own)
+    sources: tuple[int, ...] | None = None  # which sources draft (a hybrid's; None: all)
 
     @property
     def max_depth(self) -> int:
@@ -80,6 +81,9 @@ class Drafter(abc.ABC):
     max_depth: int | None = None
     #: True when the drafter keeps no per-row state between steps (then rows need no copying)
     stateless: bool = False
+    #: sources (see :meth:`template_sources`) whose drafting costs next to nothing (lookups): a policy may
+    #: ask for these alone (``DraftRequest.sources``) and save the others' draft time
+    free_sources: tuple[int, ...] = ()
 
     def start(self, target_model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor,
               hidden: torch.Tensor) -> None:
@@ -101,6 +105,11 @@ class Drafter(abc.ABC):
         give their own shape (the goodput policy values it node by node before drafting)."""
         reach = depth if self.max_depth is None else min(depth, self.max_depth)
         return list(range(-1, reach - 1))
+
+    def template_sources(self, depth: int) -> list[int] | None:
+        """The source of each node of :meth:`tree_template` (0: drawn by a model, 1: copied), for drafters
+        that mix sources (:class:`~specdec.drafters.hybrid.Hybrid`); None: one source."""
+        return None
 
     @property
     def cost_name(self) -> str:

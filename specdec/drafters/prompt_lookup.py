@@ -58,6 +58,17 @@ class NgramIndex:
                 return self.tokens[start + n: start + n + num_tokens]
         return []
 
+    def continuations(self, num_tokens: int) -> list[list[int]]:
+        """What followed the latest earlier occurrence of each matching tail, longest tail first
+        (the first is :meth:`continuation`); the same continuation may appear more than once."""
+        length = len(self.tokens)
+        out = []
+        for n in range(min(self.max_ngram, length - 1), self.min_ngram - 1, -1):
+            start = self.latest.get(tuple(self.tokens[length - n:]))
+            if start is not None:
+                out.append(self.tokens[start + n: start + n + num_tokens])
+        return out
+
     def copy(self) -> "NgramIndex":
         out = NgramIndex.__new__(NgramIndex)
         out.tokens, out.latest = list(self.tokens), dict(self.latest)
