@@ -16,11 +16,10 @@ inside the profiled grid (batch sizes and node counts or depths between the prof
 model answers from the measurements themselves instead, by multilinear interpolation
 (:class:`Grid`; context is interpolated, or extrapolated along the two nearest contexts):
 the regression's form cannot follow every kernel change of a CPU, and a policy choosing between
-depths 0, 1 and 2 weighs differences of a few percent (the fit predicted 30 and 37 ms for one and
-two verified tokens at batch 1 where 32 and 33 were measured).  Outside the grid the regression
-answers.  Least squares are
-weighted by 1/y, so the fit minimises relative error: a policy compares steps of 30 ms and of
-35 ms, and an unweighted fit spends its accuracy on the 150-ms steps of big batches.  A
+depths 0, 1 and 2 weighs differences of a few percent, smaller than the fit's error there.
+Outside the grid the regression answers.  Least squares are weighted by 1/y, so the fit
+minimises relative error: a policy compares steps of nearly equal length, and an unweighted fit
+would spend its accuracy on the long steps of big batches.  A
 :class:`LatencyModel` is saved as JSON keyed by the model, its dtype, the device and the thread
 count, and loading refuses a file made for anything else.  The file also holds the machine's
 :class:`~specdec.kernels.Kernels`, measured by the same profile, which the target's forward reads.
@@ -120,9 +119,9 @@ class Grid:
     """Profiled seconds on a full grid over ``axes``, for multilinear interpolation (built once, queried per step).
 
     Along every axis in ``monotone`` the seconds are made non-decreasing (isotonic least squares,
-    alternated over the axes until stable): more draft nodes, rows or context never cost less, and a
-    timing noise that made three nodes read cheaper than two (33.5 against 38.9 ms, profiled at batch
-    1) would otherwise send a policy to the deeper draft for nothing."""
+    alternated over the axes until stable): more draft nodes, rows or context never cost less, and
+    timing noise that made more nodes read cheaper than fewer would otherwise send a policy to the
+    deeper draft for nothing."""
 
     def __init__(self, points: list[dict], axes: tuple[str, ...], monotone: tuple[str, ...] = ()):
         self.axes = axes

@@ -1,15 +1,13 @@
 """A Llama decoder's forward for decoding, without Hugging Face's per-call machinery.
 
-A small draft LM spends most of a drafted token outside its arithmetic: measured on the
-development machine (2 threads, the 2-layer, 256-wide draft of ``artifacts/``), Hugging Face's
-``LlamaModel`` takes 0.55 ms for one token with its weights in cache, of which the matrix
-products are about 0.1 ms; the rest is mask building, rotary and output plumbing, and the many
-small modules.  :class:`LeanLlama` runs the same mathematics from the same weights: q, k and v in
-one product, gate and up in one, rotary from the model's own rotary module, and
-``scaled_dot_product_attention`` over :class:`~specdec.kv.BufferLayer` caches.  It is used by
+A decoding step feeds one or a few tokens, so a small model spends most of a step outside its
+arithmetic: in ``LlamaModel``'s mask building, rotary and output plumbing and its many small
+modules (RESULTS.md has the measurements).  :class:`LeanLlama` runs the same mathematics from the
+same weights: q, k and v in one product, gate and up in one, rotary angles from a table the
+model's own rotary module fills, and ``scaled_dot_product_attention`` over
+:class:`~specdec.kv.BufferLayer` caches.  It is used by
 :class:`~specdec.drafters.draft_cache.DraftCache` for plain Llama drafts (``supports``) and by
-:class:`~specdec.target.Target` for plain Llama targets (SmolLM2-135M, 2 threads: one token
-28 against 20 ms through ``LlamaModel``), and is held equal to ``LlamaModel`` by
+:class:`~specdec.target.Target` for plain Llama targets, and is held equal to ``LlamaModel`` by
 ``tests/test_lean_llama.py`` and ``tests/test_lean_target.py``; other families run through their
 own Hugging Face forward.
 """

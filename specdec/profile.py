@@ -28,7 +28,7 @@ def _run(cfg) -> None:
     from hydra.utils import instantiate
     from omegaconf import OmegaConf
 
-    from specdec.bench.methods import instantiate_with_target
+    from specdec.configs import instantiate_with_target
 
     from .latency import default_path
     from .profiling import FULL, QUICK, profile

@@ -12,6 +12,8 @@ torch.set_num_threads(1)
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "goodput_default: the test exercises generate's default goodput policy")
+    config.addinivalue_line("markers", "slow: seconds or more each (real model, subprocesses, training); "
+                                       "`pytest -m \"not slow\"` leaves them out")
 
 
 @pytest.fixture(scope="session", autouse=True)

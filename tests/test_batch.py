@@ -114,6 +114,7 @@ def test_exact_law_in_a_batch():
         assert abs(prob - laws[0][a] * laws[1][b]) < 1e-9
 
 
+@pytest.mark.slow
 def test_chi_square_in_a_batch():
     """Eight identical rows with different acceptance: pooled samples pass chi-square; the draft's fail."""
     target, draft = small_models()

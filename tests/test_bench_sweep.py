@@ -6,6 +6,10 @@ import os
 import subprocess
 import sys
 
+import pytest
+
+pytestmark = pytest.mark.slow  # subprocesses or the real model: seconds each
+
 
 def test_sweep_on_the_tiny_target(tmp_path):
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", SPECDEC_CACHE=str(tmp_path / "cache"))

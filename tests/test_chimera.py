@@ -155,6 +155,7 @@ def test_loading_checks_the_target(tmp_path, target):
         drafters.Chimera.from_pretrained(folder, target, dtype="int8")
 
 
+@pytest.mark.slow
 def test_training_on_teacher_shards_lowers_the_loss_and_decodes_exactly(tmp_path):
     """Teacher shards of a tiny target: Chimera's held-out loss falls, top-1 rises, and decoding stays exact."""
     from specdec.train.chimera import export, init_params, make_evaluate, make_loss

@@ -84,6 +84,7 @@ def test_the_cli_picks_the_fastest_packaged_drafter_else_prompt_lookup(smollm2_s
     assert build_drafter("none", tiny_llama(64), "tiny", None) == (None, "none (plain decoding)")
 
 
+@pytest.mark.slow
 def test_artifacts_install_with_the_package_and_load_from_any_directory(tmp_path):
     """A non-editable install, imported from another directory, finds every packaged artifact by name."""
     target = tmp_path / "site"

@@ -120,6 +120,7 @@ def test_load_model_names_what_is_wrong(tmp_path):
         specdec.load_model("no-such-model")
 
 
+@pytest.mark.slow
 def test_load_model_takes_a_hub_id_from_a_local_cache(tmp_path):
     """Offline, a Hub id resolves through a locally populated Hugging Face cache."""
     import subprocess

@@ -104,6 +104,7 @@ def test_greedy_matches_generate_in_a_padded_batch_with_eos(family_model, kind):
             assert out.sequences[r, ids.shape[1]:ids.shape[1] + len(tail)].tolist() == tail, (family, r)
 
 
+@pytest.mark.slow
 def test_sampling_is_lossless_with_a_sliding_window():
     """A six-token Mistral whose window (2) is shorter than the sequence: the sampled law is exactly its own."""
     from test_sampling_lossless import exact_law

@@ -82,6 +82,7 @@ def test_the_goodput_policy_prunes_real_trees_and_stays_exact_with_eos(target):
         assert max(h["width"] for h in policy.history) <= 3
 
 
+@pytest.mark.slow
 def test_sampled_law_is_exact_under_pruned_sampled_trees_and_a_broken_prune_is_caught():
     """Exact enumeration on the six-token model: RSD's siblings drawn without replacement, pruned to a
     prefix of each sibling list, keep the target's law; keeping a later sibling without the first does not."""

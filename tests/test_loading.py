@@ -61,6 +61,7 @@ def test_missing_gguf_support_says_what_to_install(monkeypatch, tmp_path):
         load_model(SMOL, cache_dir=tmp_path)
 
 
+@pytest.mark.slow
 def test_smollm2_cache_matches_gguf(monkeypatch, tmp_path):
     """The converted cache is what later loads read, and greedy output equals the GGUF's own."""
     cached_dir = loading.cached_model_dir(SMOL)   # downloads and converts on the first run only
@@ -80,6 +81,7 @@ def test_smollm2_cache_matches_gguf(monkeypatch, tmp_path):
     assert torch.equal(out, ref_out)
 
 
+@pytest.mark.slow
 def test_gemma3_cache_matches_its_gguf(tmp_path):
     """Gemma 3 270M (base), assembled from four chunk wheels: the converted model gives the GGUF's logits.
 

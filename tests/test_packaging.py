@@ -4,10 +4,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 HEAVY = ("jax", "flax", "optax", "hydra", "omegaconf", "matplotlib")
 
 
+@pytest.mark.slow
 def test_the_runtime_imports_no_training_or_benchmark_packages():
     """Decoding with every drafter kind (Medusa heads included) loads none of jax, flax, optax, hydra, matplotlib."""
     code = f"""

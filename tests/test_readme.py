@@ -2,7 +2,10 @@
 import re
 from pathlib import Path
 
+import pytest
 import torch
+
+pytestmark = pytest.mark.slow  # subprocesses or the real model: seconds each
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 

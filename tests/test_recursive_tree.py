@@ -145,6 +145,7 @@ def test_stochastic_beam_tree_shape(target):
                 assert len(tokens) == len(set(tokens))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", ["gumbel_topk", "stochastic_beam"])
 def test_chi_square_through_generate(method):
     """Seeded runs of 3 sampled tokens pass a chi-square test against the target; the draft's law fails."""

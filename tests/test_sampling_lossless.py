@@ -84,6 +84,7 @@ def chi_square_pvalue(samples: list[tuple], law: dict) -> float:
     return float(chisquare(observed, expected).pvalue)
 
 
+@pytest.mark.slow
 def test_chi_square_matches_target_and_rejects_the_draft():
     """3 sampled tokens pass a chi-square test against the target's law; the draft's law fails it."""
     target, draft = models()

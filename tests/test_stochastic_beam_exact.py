@@ -203,6 +203,7 @@ def sampled_trees(model, sizes, count: int) -> list[tuple]:
     return trees
 
 
+@pytest.mark.slow
 def test_drafter_beam_trees_follow_the_exact_law(monkeypatch):
     model = draft_model()
     sizes = (2, 2)

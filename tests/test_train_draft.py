@@ -22,6 +22,7 @@ def random_params(config, seed=0, **inputs):
     return jax.tree_util.tree_unflatten(tree, [x + 0.1 * jax.random.normal(k, x.shape) for x, k in zip(leaves, keys)])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("tie", [True, False])
 def test_flax_draft_equals_the_exported_hf_model(tmp_path, tie):
     config = DraftConfig(vocab_size=50, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
@@ -94,6 +95,7 @@ def test_a_draft_for_another_target_is_refused(tmp_path):
         drafters.load_draft_model(target, tmp_path / "d")
 
 
+@pytest.mark.slow
 def test_packed_segments_do_not_see_each_other():
     """Two sequences packed in one row give the logits each gives alone."""
     config = DraftConfig(vocab_size=30, hidden_size=16, intermediate_size=24, num_hidden_layers=2,
@@ -143,6 +145,7 @@ def test_packed_batches_carry_the_targets_law_over_the_draft_vocabulary():
     assert batch["soft_probs"][0, j].tolist() == [0.0, 1.0, 0.0] and batch["soft_ids"][0, j, 1] == index[9]
 
 
+@pytest.mark.slow
 def test_distillation_on_teacher_shards_lowers_the_loss_and_decodes_exactly(tmp_path):
     """Teacher shards from a tiny target: training the reduced draft lowers the held-out loss, raises top-1,
     and the exported draft drives exact greedy decoding."""

@@ -85,6 +85,7 @@ def test_training_raises_held_out_accuracy():
     assert sum(after[0]["rank_accuracy"]) <= 1.0 + 1e-6 and after[0]["rank_accuracy"][0] == after[0]["top1"]
 
 
+@pytest.mark.slow
 def test_resume_gives_the_same_parameters(tmp_path):
     data, lm = synthetic(300)
     cfg = tiny_cfg(steps=12, checkpoint_every=6)
@@ -114,6 +115,7 @@ def test_resume_gives_the_same_parameters(tmp_path):
             np.testing.assert_allclose(np.asarray(resumed[name][key]), np.asarray(straight[name][key]), atol=1e-6)
 
 
+@pytest.mark.slow
 def test_sharded_and_single_device_steps_agree():
     """With two forced host devices, the data-parallel run and a one-device run reach the same parameters."""
     script = textwrap.dedent("""

@@ -1,0 +1,28 @@
+"""Every committed artifact, on the real model it was made for, decodes exactly what ``generate`` does."""
+import pytest
+import torch
+
+import specdec
+from specdec import drafters
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def real():
+    model, tokenizer = specdec.load_model("smollm2-135m-instruct")
+    ids = specdec.chat.encode_chat(tokenizer, [{"role": "user", "content": "Name three rivers and say where they flow."}])
+    return model, ids, model.generate(ids, max_new_tokens=24, do_sample=False)
+
+
+@pytest.mark.parametrize("name", ["chimera-smollm2-135m-instruct", "medusa-smollm2-135m-instruct",
+                                  "draft-smollm2-135m-instruct"])
+def test_each_artifact_decodes_like_generate_on_its_target(real, name):
+    model, ids, want = real
+    assert name in dict(drafters.packaged_for(model))
+    drafter = drafters.load(name, model)
+    for speculation in (2, None):  # a fixed depth, then the drafter's own (tests pin it: conftest.py)
+        out = specdec.generate(model, ids, drafter, max_new_tokens=24, speculation=speculation)
+        assert torch.equal(out.sequences, want), (name, speculation)
+    hybrid = specdec.generate(model, ids, drafters.Hybrid(drafter), max_new_tokens=24, speculation=3)
+    assert torch.equal(hybrid.sequences, want), name
