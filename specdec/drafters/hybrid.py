@@ -49,6 +49,8 @@ class Hybrid(Drafter):
     a cache: shared with whoever else holds it; False or None: copies from the row's own context only.
     """
 
+    free_sources = (1,)  # copying is a dictionary lookup: a step may copy without running the model
+
     def __init__(self, model: Drafter, copy_tokens: int = 8, candidates: int = 2, max_ngram: int = 3,
                  min_ngram: int = 1, suffix_cache: SuffixCache | bool | None = True):
         if not isinstance(model, Drafter):
@@ -71,8 +73,6 @@ class Hybrid(Drafter):
         self.num_tokens = max(self.model_depth, self.copy_tokens)
         self.num_nodes = int(getattr(model, "num_nodes", None) or self.model_depth) + self.copy_tokens * self.candidates
         self._rows: list[NgramIndex] = []
-        self._pending: list[list[int]] = []  # per row: tokens committed since the suffix cache last saw them
-        self._model_nodes = 0  # nodes of the model's part of the last proposal
         self._clock = Clock("cpu")  # copies are CPU work: no device to wait for
         # seconds spent finding copies and merging them into the model's trees, and adding committed tokens to
         # the n-gram indexes and the suffix cache; shared by the row copies a batch's drafter makes of itself
@@ -96,7 +96,6 @@ class Hybrid(Drafter):
             tree = self.model.propose(model_request).limited(model_depth)
         else:
             tree = DraftTree.empty(request.batch_size, request.roots.device)
-        self._model_nodes = tree.num_nodes
         start = self._clock()
         chains = [self._copies(row, depth) if depth else [] for row, depth in enumerate(request.depth)]
         merged = merge_copies(tree, chains)
@@ -135,8 +134,6 @@ class Hybrid(Drafter):
         parents = list(self.model.tree_template(min(depth, self.model_depth)))
         offset = len(parents)
         return parents + [-1] + [offset + i for i in range(depth - 1)]
-
-    free_sources = (1,)  # copying is a dictionary lookup: a step may copy without running the model
 
     def template_sources(self, depth: int) -> list[int]:
         return [0] * len(self.model.tree_template(min(depth, self.model_depth))) + [1] * depth
