@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import torch
 
-from .tree import DraftTree
+from .tree import DraftTree, additive_mask
 
 
 def layer_kinds(config) -> set[str]:
@@ -25,6 +25,31 @@ def layer_kinds(config) -> set[str]:
         kinds = set(types)
         return kinds if window else kinds - {"sliding_attention"} | {"full_attention"}
     return {"sliding_attention"} if window else {"full_attention"}
+
+
+def padded_prefill_attention(config, real: torch.Tensor, dtype: torch.dtype):
+    """The ``attention_mask`` argument for a prefill of left-padded rows (``real`` [B, T]: False at padding).
+
+    Causal over real keys, with each layer kind's window, as the model's own masks would be, except
+    that a padding query sees itself: no query row is fully masked.  A fully masked row is NaN in
+    eager attention that takes its softmax in float32 (Gemma 2): a float64 model's masking minimum
+    is -inf there, and the padding positions' NaN values would reach the real tokens through the
+    next layer's (zero-weighted) attention.  Columns and positions differ by a constant per row, so
+    the window is taken over columns.
+    """
+    b, t = real.shape
+    column = torch.arange(t, device=real.device)
+    causal = column[None, :] <= column[:, None]  # [T(query), T(key)]
+    visible = (causal[None] & real[:, None, :]) | torch.eye(t, dtype=torch.bool, device=real.device)[None]
+    full = additive_mask(visible, dtype)
+    kinds = layer_kinds(config)
+    if kinds == {"full_attention"}:
+        return full
+    near = column[None, :] > column[:, None] - int(config.sliding_window)
+    sliding = additive_mask(visible & (near[None] | torch.eye(t, dtype=torch.bool, device=real.device)[None]), dtype)
+    if kinds == {"sliding_attention"} and not getattr(config, "layer_types", None):
+        return sliding
+    return {"full_attention": full, "sliding_attention": sliding}
 
 
 def tree_attention(config, context_mask: torch.Tensor, tree: DraftTree, root_positions: torch.Tensor,

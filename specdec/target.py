@@ -26,7 +26,7 @@ from .kernels import FALLBACK, FUSE_BYTES, Kernels, kernels_for
 from .kv import RaggedCache
 from .lean_llama import LeanLlama
 from .lean_llama import supports as lean_supports
-from .masks import tree_attention
+from .masks import padded_prefill_attention, tree_attention
 from .tree import DraftTree
 
 
@@ -119,7 +119,10 @@ class Target:
                              device=input_ids.device)
         if input_ids.shape[1] > 1:
             positions = (context_mask.long().cumsum(dim=1) - 1).clamp_min(0)
-            mask = context_mask.long() if not bool(context_mask.all()) else None
+            mask = None
+            if not bool(context_mask.all()):  # left padding; Hugging Face forwards get no fully masked query row
+                mask = context_mask.long() if self.lean is not None else \
+                    padded_prefill_attention(self.model.config, context_mask, self.dtype)
             hidden = self._forward(input_ids[:, :-1], mask, positions)
         self.cache.appended(context_mask)
         return input_ids[:, -1], hidden
