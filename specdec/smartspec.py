@@ -93,7 +93,7 @@ class SmartSpec(SpeculationPolicy):
         self.drafter = None
         self.depth_limit = 0
         self.node_limit = 0
-        self._template: tuple[list[int], list[int], list[int] | None] | None = None
+        self._template: tuple[list[int], list[int], list[int]] | None = None
         self._step: dict | None = None  # the step being planned: depth, probe, predicted times
         self.history: list[dict] = []  # per step: depth, width, predicted and measured seconds
 
@@ -119,15 +119,15 @@ class SmartSpec(SpeculationPolicy):
         self.depth_limit = want if drafter.max_depth is None else min(want, drafter.max_depth)
         self.node_limit = int(getattr(drafter, "num_nodes", None) or 64)
 
-    def template(self) -> tuple[list[int], list[int], list[int] | None]:
-        """Parents, depths and sources (None: one source) of the drafter's largest tree, ``depth_limit``
-        levels deep (built once).
+    def template(self) -> tuple[list[int], list[int], list[int]]:
+        """Parents, depths and sources (0 throughout for a single-source drafter) of the drafter's largest
+        tree, ``depth_limit`` levels deep (built once).
 
         The tree at a smaller depth K is its nodes of depth <= K: the drafters' trees grow level by level."""
         if self._template is None:
             parents = list(self.drafter.tree_template(self.depth_limit))
             sources = self.drafter.template_sources(self.depth_limit)
-            self._template = (parents, node_depths(parents), None if sources is None else list(sources))
+            self._template = (parents, node_depths(parents), [0] * len(parents) if sources is None else list(sources))
         return self._template
 
     # ---- before drafting: the depth ---------------------------------------------------------------
@@ -181,10 +181,10 @@ class SmartSpec(SpeculationPolicy):
         predicted = self.times.seconds(b, depth, mean_context, choice[1], drafting=not only_free)[choice[1] if depth else 0]
         return SpeculationPlan([depth] * b, None, predicted, tuple(self.drafter.free_sources) if only_free else None)
 
-    def _free_nodes(self, parents: list[int], sources: list[int] | None) -> set[int] | None:
+    def _free_nodes(self, parents: list[int], sources: list[int]) -> set[int] | None:
         """Template nodes a step drafting only the drafter's free sources proposes (None: it has none)."""
-        free_sources = set(getattr(self.drafter, "free_sources", ()) or ())
-        if sources is None or not free_sources:
+        free_sources = set(self.drafter.free_sources)
+        if not free_sources:
             return None
         free: set[int] = set()
         for node, (parent, source) in enumerate(zip(parents, sources)):
@@ -192,17 +192,12 @@ class SmartSpec(SpeculationPolicy):
                 free.add(node)
         return free or None
 
-    def _ordered_values(self, sequence: int, parents: list[int],
-                        sources: list[int] | None) -> tuple[list[float], list[int]]:
+    def _ordered_values(self, sequence: int, parents: list[int], sources: list[int]) -> tuple[list[float], list[int]]:
         """The template's node values for a row, each weighted by how often the row proposes a node of
         its source at all, and their growth order."""
         values = path_values(parents, self.rates.rates_of(sequence), None, sources)
-        if sources is None:
-            share = self.rates.proposes(sequence)
-            values = [share * v for v in values]
-        else:
-            shares = {s: self.rates.proposes(sequence, s) for s in set(sources)}
-            values = [shares[s] * v for v, s in zip(values, sources)]
+        shares = {s: self.rates.proposes(sequence, s) for s in set(sources)}
+        values = [shares[s] * v for v, s in zip(values, sources)]
         return values, growth_order(parents, values, None, sources)
 
     @staticmethod
@@ -226,13 +221,13 @@ class SmartSpec(SpeculationPolicy):
             return None
         b, depth, context = step["batch"], step["depth"], step["context"]
         orders, gains = [], []
-        copied = tree.copied.tolist() if tree.copied is not None else [None] * b
         valid_rows = tree.node_valid.tolist()
+        sources_rows = ([[int(x) for x in row] for row in tree.copied.tolist()] if tree.copied is not None
+                        else [[0] * tree.num_nodes] * b)  # each node's source: 1 for copies
         asked = self._asked(step)  # a copy-only step says nothing of the model
-        step["proposed"] = [{s: any(v and (c is None or x == bool(s)) for v, x in zip(ok, c or ok)) for s in asked}
-                            for ok, c in zip(valid_rows, copied)]  # per source asked for, before pruning
-        for sequence, parents, valid, kinds in zip(step["sequences"], tree.parents.tolist(), valid_rows, copied):
-            sources = None if kinds is None else [int(x) for x in kinds]
+        step["proposed"] = [{s: any(v and k == s for v, k in zip(ok, kinds)) for s in asked}
+                            for ok, kinds in zip(valid_rows, sources_rows)]  # per source asked for, before pruning
+        for sequence, parents, valid, sources in zip(step["sequences"], tree.parents.tolist(), valid_rows, sources_rows):
             values = path_values(parents, self.rates.rates_of(sequence), valid, sources)
             order = growth_order(parents, values, valid, sources)
             orders.append(order)
@@ -250,8 +245,7 @@ class SmartSpec(SpeculationPolicy):
         """The sources a step asked the drafter for: its free ones alone, or all it has."""
         if not step["drafting"]:
             return tuple(self.drafter.free_sources)
-        _, _, sources = self.template()
-        return (0,) if sources is None else tuple(sorted(set(sources)))
+        return tuple(sorted(set(self.template()[2])))
 
     # ---- after the step -----------------------------------------------------------------------------
     def observe(self, report: StepReport) -> None:
