@@ -66,14 +66,15 @@ REGISTRY: dict[str, PackagedGGUF] = {
 }
 
 
-def load_model(name_or_path: str | os.PathLike, dtype: torch.dtype = torch.float32,
+def load_model(name_or_path: str | os.PathLike, dtype: torch.dtype | str = torch.float32,
                cache_dir: str | os.PathLike | None = None):
-    """Return ``(model, tokenizer)``: the model in eval mode and in ``dtype``.
+    """Return ``(model, tokenizer)``: the model in eval mode and in ``dtype`` (a torch dtype or its name).
 
     ``name_or_path`` is a known name (see ``REGISTRY``, case-insensitive), a local directory,
     or a Hugging Face Hub id: whatever ``AutoModelForCausalLM.from_pretrained`` accepts (a Hub id
     loads from the local Hugging Face cache when the Hub cannot be reached).
     """
+    dtype = _dtype(dtype)
     key = str(name_or_path).strip().lower()
     if key in REGISTRY:
         return _load_hf_dir(cached_model_dir(key, cache_dir), dtype)
@@ -95,6 +96,14 @@ def load_model(name_or_path: str | os.PathLike, dtype: torch.dtype = torch.float
     except OSError as error:
         raise ValueError(f"could not load {str(name_or_path)!r} as a Hub id (offline, or not in the local "
                          f"Hugging Face cache?): {error}") from None
+
+
+def _dtype(dtype: torch.dtype | str) -> torch.dtype:
+    """A floating torch dtype from itself or its name (``"float64"``, ``"bfloat16"``: what a config can hold)."""
+    named = getattr(torch, dtype, None) if isinstance(dtype, str) else dtype
+    if not isinstance(named, torch.dtype) or not named.is_floating_point:
+        raise ValueError(f"dtype={dtype!r} is not a floating-point torch dtype (e.g. torch.float32 or 'float32')")
+    return named
 
 
 def default_cache_dir() -> Path:

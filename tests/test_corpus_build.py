@@ -17,6 +17,8 @@ from specdec.train.sources import catalogues, chunk_paragraphs, german, humaneva
 class WordTokenizer:
     """One token per word; a ChatML-like template: 2 tokens per message header, 5 for the default system prompt."""
 
+    chat_template = "one token per word"  # has a template: not a base model's plain transcript
+
     def __call__(self, texts, add_special_tokens=False):
         return {"input_ids": [t.split() for t in texts]}
 

@@ -34,6 +34,8 @@ from typing import Callable
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
+from specdec.chat import chat_ids
+
 from .corpus_card import write_card
 from .sources import SOURCES, group_of, package_card
 
@@ -73,9 +75,7 @@ class TokenCounter:
 def template_overhead(tokenizer, encode) -> dict[str, int]:
     """Tokens the chat template adds: per message role, the default system prompt, the generation prompt."""
     def n(roles, generation=False):
-        ids = tokenizer.apply_chat_template([{"role": r, "content": "x"} for r in roles], tokenize=True,
-                                            add_generation_prompt=generation, return_dict=False)
-        return len(ids["input_ids"] if hasattr(ids, "keys") else ids)
+        return len(chat_ids(tokenizer, [{"role": r, "content": "x"} for r in roles], generation))
 
     x = encode(["x"])[0]
     system = n(["system"]) - x

@@ -49,6 +49,8 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from specdec.chat import chat_ids
+
 from .answers import eos_ids, load_answers
 from .corpus_build import load_corpus
 
@@ -73,12 +75,6 @@ class Sequence:
 
 
 # -- sequences ------------------------------------------------------------------------------------
-
-def chat_ids(tokenizer, messages: list[dict], generation_prompt: bool) -> list[int]:
-    ids = tokenizer.apply_chat_template(messages, add_generation_prompt=generation_prompt, tokenize=True,
-                                        return_dict=False)
-    return list(ids["input_ids"] if hasattr(ids, "keys") else ids)
-
 
 def answer_flags(tokenizer, messages: list[dict], eos: list[int],
                  generation_prompt: bool = False) -> tuple[list[int], list[bool]] | None:
