@@ -28,7 +28,7 @@ from omegaconf import DictConfig, OmegaConf
 import specdec
 
 from . import metrics, report, runner
-from .methods import build_method, build_specdec
+from .methods import build_method, build_specdec, speculation_policy
 from .prompts import encode, load_prompts
 
 log = logging.getLogger("specdec.bench")
@@ -38,6 +38,7 @@ SPECDEC_PREFIX = "specdec_"
 @hydra.main(version_base="1.3", config_path="pkg://specdec.configs", config_name="bench")
 def main(cfg: DictConfig) -> None:
     started = time.perf_counter()
+    check_config(cfg)
     _quiet_transformers()
     hydra_cfg = HydraConfig.get()
     drafter_choice = hydra_cfg.runtime.choices.get("drafter")
@@ -49,6 +50,23 @@ def main(cfg: DictConfig) -> None:
     document = run(cfg, configs, hydra_cfg.runtime.output_dir, started, optional)
     print(report.markdown(document), flush=True)
     print(report.summary_line(document), flush=True)
+
+
+def check_config(cfg: DictConfig) -> None:
+    """The run-wide settings, before anything loads: a bad one is named at once, not after the target's load."""
+    for key in ("max_new_tokens", "repeats"):
+        value = cfg.get(key)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{key} must be an int >= 1, got {value!r}")
+    for key in ("temperature", "top_p", "top_k"):
+        if isinstance(cfg.get(key), (bool, str)) or not isinstance(cfg.get(key), (int, float)):
+            raise ValueError(f"{key} must be a number, got {cfg.get(key)!r}")
+    if not isinstance(cfg.get("do_sample"), bool):
+        raise ValueError(f"do_sample must be true or false, got {cfg.get('do_sample')!r}")
+    if cfg.do_sample:  # DecodeConfig's own checks, without a model
+        specdec.DecodeConfig(do_sample=True, temperature=float(cfg.temperature), top_k=int(cfg.top_k),
+                             top_p=float(cfg.top_p), seed=cfg.seed)
+    speculation_policy(cfg.get("speculation"))
 
 
 def select_methods(methods, drafter_choice: str | None, baseline: str,

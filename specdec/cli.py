@@ -93,7 +93,12 @@ def messages_of(args) -> list[dict] | str:
     """The prompt: ``--chat``'s messages, else the text (as one user turn unless ``--raw``); with
     ``--interactive`` the conversation so far (``--chat``'s messages, or none)."""
     if args.chat is not None:
-        chat = json.loads(args.chat.read_text(encoding="utf-8"))
+        try:
+            chat = json.loads(args.chat.read_text(encoding="utf-8"))
+        except OSError as error:
+            raise SystemExit(f"--chat {args.chat}: cannot read it ({error.strerror})") from None
+        except json.JSONDecodeError as error:
+            raise SystemExit(f"--chat {args.chat}: not JSON ({error})") from None
         if not isinstance(chat, list) or not all(isinstance(m, dict) and {"role", "content"} <= set(m) for m in chat):
             raise SystemExit(f"{args.chat}: expected a JSON list of {{\"role\", \"content\"}} messages")
         return chat
@@ -121,18 +126,23 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     if args.max_new_tokens < 1:
         raise SystemExit("--max-new-tokens must be at least 1")
+    speculation = args.speculation
+    if speculation is not None:
+        try:
+            speculation = None if speculation.lower() in ("goodput", "smartspec") else int(speculation)
+        except ValueError:
+            speculation = -1
+        if speculation is not None and speculation < 0:
+            raise SystemExit(f"--speculation must be an int >= 0 or 'goodput', got {args.speculation!r}")
+    if args.sample and (args.temperature <= 0 or not 0 < args.top_p <= 1 or args.top_k < 0):
+        raise SystemExit(f"--temperature must be > 0, --top-p in (0, 1] and --top-k >= 0 when sampling, got "
+                         f"{args.temperature}, {args.top_p} and {args.top_k}")
     prompt = messages_of(args)
     try:
         model, tokenizer = specdec.load_model(args.model)
         drafter, chosen = build_drafter(args.drafter, model, args.model, args.draft_path)
     except (FileNotFoundError, ValueError) as error:
         raise SystemExit(f"specdec: {error}") from None
-    speculation = args.speculation
-    if speculation is not None:
-        try:
-            speculation = None if speculation.lower() in ("goodput", "smartspec") else int(speculation)
-        except ValueError:
-            raise SystemExit(f"--speculation must be an int >= 0 or 'goodput', got {args.speculation!r}") from None
     if drafter is not None:
         policy = "each step's tree sized by the goodput policy" if speculation is None else f"depth fixed at {speculation}"
         print(f"specdec: drafter {chosen}; {policy}", file=sys.stderr, flush=True)

@@ -10,6 +10,7 @@ keyword arguments naming its fields, or both (keywords win)::
 from __future__ import annotations
 
 import dataclasses
+import numbers
 import warnings
 from dataclasses import dataclass
 
@@ -32,6 +33,8 @@ class DecodeConfig:
     def __post_init__(self):
         if isinstance(self.max_new_tokens, bool) or not isinstance(self.max_new_tokens, int) or self.max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be an int >= 1, got {self.max_new_tokens!r}")
+        if self.seed is not None and (isinstance(self.seed, bool) or not isinstance(self.seed, numbers.Integral)):
+            raise TypeError(f"seed must be an int or None, got {type(self.seed).__name__} {self.seed!r}")
         self.sampling  # validates temperature, top_k and top_p
         if self.typical_acceptance is not None:
             object.__setattr__(self, "typical_acceptance", _typical(self.typical_acceptance))

@@ -54,7 +54,8 @@ def generate(
     """
     model = target.model if isinstance(target, Target) else target
     settings = resolve(config, settings)
-    check_inputs(model, input_ids, attention_mask, settings.max_new_tokens, drafter, settings.pad_token_id)
+    check_inputs(model, input_ids, attention_mask, settings.max_new_tokens, drafter, settings.pad_token_id,
+                 settings.eos_token_id)
     if attention_mask is None:
         attention_mask = torch.ones_like(input_ids)
     job = new_job(model, drafter, settings, randomness, input_ids.device)

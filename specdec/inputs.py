@@ -1,11 +1,14 @@
 """Checking what users pass in, and shaping what goes back out like ``model.generate`` does."""
 from __future__ import annotations
 
+import numbers
+
 import torch
 
 
-def check_inputs(model, input_ids, attention_mask, max_new_tokens: int, drafter, pad_token_id=None) -> None:
-    """Raise a clear error for input ``generate`` cannot decode correctly.
+def check_inputs(model, input_ids, attention_mask, max_new_tokens: int, drafter, pad_token_id=None,
+                 eos_token_id=None, name: str = "input_ids") -> None:
+    """Raise a clear error for input ``generate`` cannot decode correctly (``name``: what the user called the ids).
 
     A batch whose rows start with the pad token but comes without ``attention_mask`` is refused,
     not warned about as Hugging Face does: without a mask the padding would be decoded as text
@@ -23,7 +26,15 @@ def check_inputs(model, input_ids, attention_mask, max_new_tokens: int, drafter,
     head = model.get_output_embeddings()  # a subset head (reduced-vocabulary draft) still speaks the full vocabulary
     vocab = int(getattr(head, "out_features", None) or head.weight.shape[0])
     if int(input_ids.min()) < 0 or int(input_ids.max()) >= vocab:
-        raise ValueError(f"input_ids holds token ids outside the model's vocabulary [0, {vocab})")
+        raise ValueError(f"{name} holds token ids outside the model's vocabulary [0, {vocab})")
+    for argument, value in (("eos_token_id", eos_token_id), ("pad_token_id", pad_token_id)):
+        ids = [] if value is None else [value] if isinstance(value, numbers.Integral) else value
+        if not isinstance(ids, (list, tuple)) or any(isinstance(t, bool) or not isinstance(t, numbers.Integral)
+                                                     for t in ids):
+            raise ValueError(f"{argument} must be an int token id{' or a list of them' * (argument[0] == 'e')}, "
+                             f"got {value!r}")
+        if any(not 0 <= t < vocab for t in ids):
+            raise ValueError(f"{argument} {value!r} is outside the model's vocabulary [0, {vocab})")
     if attention_mask is None and input_ids.shape[0] > 1:
         pad = pad_token_id if pad_token_id is not None else getattr(getattr(model, "generation_config", None),
                                                                     "pad_token_id", None)
@@ -37,6 +48,8 @@ def check_inputs(model, input_ids, attention_mask, max_new_tokens: int, drafter,
             raise ValueError(
                 f"attention_mask shape {tuple(attention_mask.shape)} does not match input_ids {tuple(input_ids.shape)}"
             )
+        if not bool(((attention_mask == 0) | (attention_mask == 1)).all()):
+            raise ValueError("attention_mask must hold only 0 and 1 (1: a real token, 0: left padding)")
         if not bool(attention_mask[:, -1].bool().all()):
             raise ValueError("attention_mask must be left-padded: the last column must be 1 in every row")
     limit = getattr(model.config, "max_position_embeddings", None)

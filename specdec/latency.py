@@ -242,7 +242,7 @@ class LatencyModel:
 
 
 def latency_key(model, threads: int | None = None) -> dict:
-    """What a latency profile is valid for: the model, its dtype, the device, the thread count and the forward."""
+    """What a latency profile is valid for: the model, its dtype, the device and processor, the threads, the forward."""
     import torch
 
     parameter = next(model.parameters())
@@ -252,8 +252,25 @@ def latency_key(model, threads: int | None = None) -> dict:
 
     forward = "lean" if supports(model) else "hf"  # the forward Target runs (specdec.target)
     return {"model": f"{Path(str(name)).name}:{size}", "dtype": str(parameter.dtype).replace("torch.", ""),
-            "device": parameter.device.type, "threads": int(threads or torch.get_num_threads()),
-            "forward": forward, "features": FEATURES_VERSION}
+            "device": parameter.device.type, "machine": machine_name(parameter.device),
+            "threads": int(threads or torch.get_num_threads()), "forward": forward, "features": FEATURES_VERSION}
+
+
+def machine_name(device) -> str:
+    """The processor the times belong to: the GPU's name, or the CPU's model name (a profile is per machine)."""
+    import platform
+
+    import torch
+
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown"
 
 
 def default_path(key: dict) -> Path:

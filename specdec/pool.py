@@ -67,8 +67,9 @@ def generate_pool(
     if not isinstance(min_group_size, int) or not 1 <= min_group_size <= batch_size:
         raise ValueError(f"min_group_size must be an int in [1, batch_size={batch_size}], got {min_group_size!r}")
     device = next(model.parameters()).device
-    for row in rows:  # the same checks as generate, per prompt
-        check_inputs(model, torch.tensor([row], device=device), None, settings.max_new_tokens, drafter)
+    for i, row in enumerate(rows):  # the same checks as generate, per prompt
+        check_inputs(model, torch.tensor([row], device=device), None, settings.max_new_tokens, drafter,
+                     settings.pad_token_id, settings.eos_token_id, name=f"prompt {i}")
     job = new_job(model, drafter, settings, randomness, device)
     started = job.clock()
     with torch.no_grad():

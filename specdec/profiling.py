@@ -13,6 +13,7 @@ which synchronises an accelerator before each reading.
 """
 from __future__ import annotations
 
+import json
 import logging
 import statistics
 from pathlib import Path
@@ -288,6 +289,17 @@ def _load(path: Path, key: dict) -> LatencyModel:
     return cached[1]
 
 
+def _profiled_for(path: Path, key: dict) -> bool:
+    """Whether the default file holds this setting's profile; one from another machine or an older
+    specdec (a shared or copied cache) is profiled again, with a warning."""
+    try:
+        _load(path, key)
+        return True
+    except (ValueError, KeyError, json.JSONDecodeError) as error:
+        log.warning("specdec: %s does not fit this setting (%s); profiling again", path, error)
+        return False
+
+
 def latency_for(model, drafters: dict, given: LatencyModel | str | Path | None = None,
                 profile_on_first_use: bool = True) -> LatencyModel:
     """The latency model for ``model`` with the draft cost of every drafter in ``drafters`` (name -> drafter).
@@ -305,7 +317,7 @@ def latency_for(model, drafters: dict, given: LatencyModel | str | Path | None =
         loaded, save = given, given is _cache.get(path, (None, None))[1]
     elif given is not None:
         loaded, save = LatencyModel.load(given, key), False
-    elif path.is_file():
+    elif path.is_file() and _profiled_for(path, key):
         loaded, save = _load(path, key), True
     elif profile_on_first_use:
         log.warning("specdec: no latency profile for %s on this machine yet; profiling it now, once (40 s for "

@@ -76,6 +76,21 @@ def read_card(folder: str | Path, kind: str | None = None) -> dict:
     return card
 
 
+def read_weights(path: str | Path) -> dict[str, torch.Tensor]:
+    """An artifact's safetensors file; a missing or unreadable one is named, with what to do."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"artifact {path.parent} lacks {path.name}")
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError) as error:
+        raise ValueError(f"{path} is not a readable safetensors file ({error}): the artifact is truncated or "
+                         "corrupted; export it again") from None
+
+
 def model_name(model: torch.nn.Module) -> str:
     """The name a card's ``target`` is compared with: the model folder's or Hub id's last part, lower-case."""
     return Path(str(getattr(model.config, "_name_or_path", "") or "")).name.lower()

@@ -60,11 +60,9 @@ class Chimera(Drafter):
         the output, only the bytes it reads per step.  The card's ``tree`` is the largest tree it drafts
         (the goodput policy prunes it every step); ``options`` override it.
         """
-        from safetensors.torch import load_file
-
         from specdec.heads.chimera import ChimeraConfig, ChimeraDraft
 
-        from .artifacts import read_card, resolve
+        from .artifacts import read_card, read_weights, resolve
 
         folder = resolve(path)
         if not (folder / WEIGHTS).is_file():
@@ -75,7 +73,7 @@ class Chimera(Drafter):
         if config.hidden_size != hidden or config.vocab_size != vocab:
             raise ValueError(f"Chimera draft {folder} was trained for a target with hidden size {config.hidden_size} "
                              f"and vocabulary {config.vocab_size}; this target has {hidden} and {vocab}")
-        tensors = load_file(str(folder / WEIGHTS))
+        tensors = read_weights(folder / WEIGHTS)
         token_ids = tensors.pop("vocab.token_ids")
         dtype = as_dtype(dtype) or as_dtype((card.get("serving") or {}).get("dtype")) or next(target_model.parameters()).dtype
         draft = ChimeraDraft(config)

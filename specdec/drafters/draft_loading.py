@@ -42,13 +42,14 @@ def load_draft_model(target_model: torch.nn.Module, path=None, self_draft_layers
 
 def load_reduced_draft(target_model: torch.nn.Module, folder: str | Path) -> torch.nn.Module:
     """A draft-v2 directory as a ``LlamaForCausalLM`` embedding through the target and projecting onto its subset."""
-    from safetensors.torch import load_file
     from transformers import AutoConfig, AutoModelForCausalLM
+
+    from .artifacts import read_weights
 
     folder = Path(folder)
     dtype = next(target_model.parameters()).dtype
     config = AutoConfig.from_pretrained(folder)
-    tensors = load_file(str(folder / REDUCED))
+    tensors = read_weights(folder / REDUCED)
     for key in ("embed_projection.weight", "embed_projection.in_features", "lm_head.weight", "lm_head.token_ids"):
         if key not in tensors:
             raise ValueError(f"{folder / REDUCED} lacks {key}: not a specdec draft-v2 artifact")

@@ -89,17 +89,16 @@ class Medusa(Drafter):
         measured ``top_k_accuracy`` (per head, per rank); ``dtype`` defaults to the card's
         ``serving.dtype``, else the target's.
         """
-        from safetensors.torch import load_file
 
         from specdec.heads.medusa import MedusaHeads
 
-        from .artifacts import read_card, resolve
+        from .artifacts import read_card, read_weights, resolve
 
         folder = resolve(path)
         if not (folder / WEIGHTS).is_file():
             raise FileNotFoundError(f"Medusa artifact {folder} lacks {WEIGHTS}")
         card = read_card(folder, "medusa")
-        tensors = load_file(str(folder / WEIGHTS))
+        tensors = read_weights(folder / WEIGHTS)
         token_ids = tensors.pop("vocab.token_ids", None)
         heads = MedusaHeads.from_tensors(tensors)
         hidden = getattr(target_model.config, "hidden_size", None)
