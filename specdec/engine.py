@@ -13,6 +13,8 @@ the loop both run.
 from __future__ import annotations
 
 import copy
+import threading
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -283,6 +285,30 @@ def decode(job: Decoding, scheduler) -> None:
         step = job.step(cohort)  # 1. propose, 2. verify, 3. accept
         for part in job.commit(cohort, step, scheduler.regroup):  # 4. commit, 5. adapt
             scheduler.put_back(job, part)
+
+
+_claimed: set[int] = set()  # ids of the drafters inside a call now
+_claims_lock = threading.Lock()
+
+
+@contextmanager
+def claimed(drafter):
+    """Hold ``drafter`` for one call: a drafter keeps per-call state (its caches, the policy's rates), so two
+    concurrent calls sharing one would corrupt each other; the second is refused.  Separate drafters on one
+    model may decode in parallel threads: the model's weights are only read."""
+    if drafter is None:
+        yield
+        return
+    with _claims_lock:
+        if id(drafter) in _claimed:
+            raise RuntimeError(f"this {type(drafter).__name__} is already decoding in another call (another "
+                               "thread?): give each concurrent generate call its own drafter")
+        _claimed.add(id(drafter))
+    try:
+        yield
+    finally:
+        with _claims_lock:
+            _claimed.discard(id(drafter))
 
 
 def new_job(model, drafter, config: DecodeConfig, randomness: Randomness | None, device) -> Decoding:

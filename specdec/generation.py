@@ -7,7 +7,7 @@ import torch
 
 from .config import DecodeConfig, resolve
 from .drafters.base import Drafter
-from .engine import decode, new_job
+from .engine import claimed, decode, new_job
 from .inputs import assemble, check_inputs
 from .sampling import Randomness
 from .schedule import FixedBatches
@@ -60,7 +60,7 @@ def generate(
         attention_mask = torch.ones_like(input_ids)
     job = new_job(model, drafter, settings, randomness, input_ids.device)
     started = job.clock()
-    with torch.no_grad():
+    with torch.no_grad(), claimed(drafter):
         if streamer is not None:
             job.stream = BatchStream(streamer, input_ids, job.pad)
         rows = list(range(input_ids.shape[0]))

@@ -14,7 +14,7 @@ import torch
 
 from .config import DecodeConfig, resolve
 from .drafters.base import Drafter
-from .engine import decode, new_job
+from .engine import claimed, decode, new_job
 from .inputs import check_inputs, left_padded, prompt_rows
 from .sampling import Randomness
 from .schedule import EqualLengthPool, FixedBatches
@@ -72,7 +72,7 @@ def generate_pool(
                      settings.pad_token_id, settings.eos_token_id, name=f"prompt {i}")
     job = new_job(model, drafter, settings, randomness, device)
     started = job.clock()
-    with torch.no_grad():
+    with torch.no_grad(), claimed(drafter):
         if schedule == "eqspec":
             batches = (_batch(rows, range(first, min(first + batch_size, len(rows))), device)
                        for first in range(0, len(rows), batch_size))

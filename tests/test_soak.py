@@ -1,0 +1,30 @@
+"""The soak command's quick level passes, and its leak check fails on a drafter that leaks."""
+import pytest
+import torch
+
+from specdec import drafters
+from specdec.bench import soak
+
+
+@pytest.mark.slow
+def test_quick_soak_passes_every_check():
+    torch.set_num_threads(1)
+    checks = soak.run("quick", progress=lambda row: None)
+    assert {c.name.split(":")[0] for c in checks} == {"long", "repeated", "pool", "interruption", "threads"}
+    assert [c.name for c in checks if not c.passed] == []
+
+
+class Leaky(drafters.PromptLookup):
+    """Keeps 2 MB more at every call: what a cache that is never cleared does."""
+    kept = []
+
+    def start(self, *args, **kwargs):
+        self.kept.append(torch.ones(2 ** 19))
+        return super().start(*args, **kwargs)
+
+
+def test_the_repeated_calls_check_catches_a_leak():
+    model = soak.tiny_model()
+    prompts = [torch.tensor([[5, 6, 7, 5, 6]])]
+    assert soak.repeated_calls(model, prompts, "prompt lookup", drafters.PromptLookup(), 60, new_tokens=4).passed
+    assert not soak.repeated_calls(model, prompts, "leaky", Leaky(), 60, new_tokens=4).passed
