@@ -35,6 +35,7 @@ import torch
 from torch import nn
 
 from specdec.head import project
+from specdec.lean_llama import RotaryTable, apply_rotary, default_rotary, grouped_attention
 
 
 @dataclass(frozen=True)
@@ -89,11 +90,6 @@ class TrigramEncoder(nn.Module):
         return project(self.proj, trigrams + nn.functional.silu(project(self.residual, trigrams)))
 
 
-def rotate_half(x):
-    half = x.shape[-1] // 2
-    return torch.cat([-x[..., half:], x[..., :half]], dim=-1)
-
-
 class Attention(nn.Module):
     def __init__(self, c: ChimeraConfig):
         super().__init__()
@@ -102,14 +98,12 @@ class Attention(nn.Module):
         self.k_proj = nn.Linear(c.hidden_size, c.num_key_value_heads * c.head_dim, bias=False)
         self.v_proj = nn.Linear(c.hidden_size, c.num_key_value_heads * c.head_dim, bias=False)
         self.o_proj = nn.Linear(c.num_attention_heads * c.head_dim, c.hidden_size, bias=False)
+        self.rotary = RotaryTable(default_rotary(c.rope_theta, c.head_dim))  # angles looked up, not recomputed
 
     def rope(self, x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-        """Rotary positions (Hugging Face's rotate-half layout) for x [B, h, M, d] at positions [B, M]."""
-        d = self.c.head_dim
-        inv = 1.0 / (self.c.rope_theta ** (torch.arange(0, d, 2, dtype=torch.float32, device=x.device) / d))
-        freqs = positions[:, None, :, None].float() * inv
-        emb = torch.cat([freqs, freqs], dim=-1)
-        return (x * emb.cos().to(x.dtype)) + (rotate_half(x) * emb.sin().to(x.dtype))
+        """Rotary positions for x [B, h, M, d] at positions [B, M]."""
+        cos, sin = self.rotary(x, positions)
+        return apply_rotary(x, cos[:, None], sin[:, None])
 
     def key_values(self, x: torch.Tensor, positions: torch.Tensor):
         """Keys and values [B, kv_heads, M, d] of normed inputs x [B, M, H]."""
@@ -125,10 +119,7 @@ class Attention(nn.Module):
         b, m, _ = x.shape
         c = self.c
         q = self.rope(self.q_proj(x).view(b, m, c.num_attention_heads, c.head_dim).transpose(1, 2), positions)
-        groups = c.num_attention_heads // c.num_key_value_heads
-        keys = keys.repeat_interleave(groups, dim=1)
-        values = values.repeat_interleave(groups, dim=1)
-        out = nn.functional.scaled_dot_product_attention(q, keys, values, attn_mask=mask[:, None])
+        out = grouped_attention(q, keys, values, mask[:, None], c.num_attention_heads // c.num_key_value_heads)
         return self.o_proj(out.transpose(1, 2).reshape(b, m, -1))
 
 

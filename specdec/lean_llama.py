@@ -116,14 +116,14 @@ class LeanLlama:
             x = self._norm(hidden, weights["norm_in"])
             if self.fused:  # q and k rotated as one tensor (half the calls)
                 qk, v = linear(x, weights["qkv"][0], None, few_rows, padded).split([q_size + kv_size, kv_size], dim=-1)
-                qk = _rotate(qk.view(b, t, self.heads + self.kv_heads, self.head_dim).transpose(1, 2), cos, sin)
+                qk = apply_rotary(qk.view(b, t, self.heads + self.kv_heads, self.head_dim).transpose(1, 2), cos, sin)
                 q, k = qk.split([self.heads, self.kv_heads], dim=1)
             else:
                 q, k, v = _products(x, weights["qkv"], [q_size, kv_size, kv_size], few_rows, padded)
-                q = _rotate(q.view(b, t, self.heads, self.head_dim).transpose(1, 2), cos, sin)
-                k = _rotate(k.view(b, t, self.kv_heads, self.head_dim).transpose(1, 2), cos, sin)
+                q = apply_rotary(q.view(b, t, self.heads, self.head_dim).transpose(1, 2), cos, sin)
+                k = apply_rotary(k.view(b, t, self.kv_heads, self.head_dim).transpose(1, 2), cos, sin)
             keys, values = layer.update(k, v.view(b, t, self.kv_heads, self.head_dim).transpose(1, 2))
-            attended = _attention(q, keys, values, mask, self.heads // self.kv_heads)
+            attended = grouped_attention(q, keys, values, mask, self.heads // self.kv_heads)
             hidden = hidden + linear(attended.transpose(1, 2).reshape(b, t, q_size), weights["o"], None, few_rows, padded)
             x = self._norm(hidden, weights["norm_post"])
             gate, up = _products(x, weights["gate_up"], [self.intermediate] * 2, few_rows, padded)
@@ -144,6 +144,19 @@ class LeanLlama:
         itself = torch.zeros_like(causal)
         itself[:, past:] = torch.eye(t, dtype=torch.bool, device=like.device)
         return (causal[None, None] & attention_mask.bool()[:, None, None, :]) | itself
+
+
+def default_rotary(theta: float, dim: int):
+    """Hugging Face's default rotary angles as a function ``(like, position_ids) -> (cos, sin)`` [B, T, dim],
+    for a :class:`RotaryTable` over a layer that has no rotary module of its own (a draft head's)."""
+    inv_freq = 1.0 / (theta ** (torch.arange(0, dim, 2, dtype=torch.float32) / dim))
+
+    def angles(like: torch.Tensor, position_ids: torch.Tensor):
+        freqs = position_ids[..., None].float() * inv_freq.to(like.device)
+        emb = torch.cat([freqs, freqs], dim=-1)
+        return emb.cos().to(like.dtype), emb.sin().to(like.dtype)
+
+    return angles
 
 
 class RotaryTable:
@@ -181,7 +194,8 @@ def _products(x: torch.Tensor, weights: list[torch.Tensor], sizes: list[int], fe
     return [linear(x, w, None, few_rows, padded) for w in weights]
 
 
-def _attention(q, keys, values, mask, groups: int) -> torch.Tensor:
+def grouped_attention(q, keys, values, mask, groups: int) -> torch.Tensor:
+    """Attention of q [B, h, M, d] over keys/values [B, h / groups, K, d] (grouped-query heads)."""
     if groups == 1:
         return F.scaled_dot_product_attention(q, keys, values, attn_mask=mask)
     if _SDPA_GQA:
@@ -190,7 +204,8 @@ def _attention(q, keys, values, mask, groups: int) -> torch.Tensor:
                                           values.repeat_interleave(groups, dim=1), attn_mask=mask)
 
 
-def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotary embedding in Hugging Face's rotate-half layout."""
     half = x.shape[-1] // 2
     rotated = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
     return x * cos + rotated * sin
