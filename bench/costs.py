@@ -7,7 +7,7 @@ Each measurement runs its cases interleaved in one run on the real model (median
   the output head at every slot) against one Hugging Face decode step, at a short and a long
   context: the cost curve T(N) / T(1) that a speculation policy weighs against the tokens it wins.
 * ``head``: ``F.linear`` against ``W @ x.T`` for few rows, on the output head and an MLP matrix
-  (the measurement behind :mod:`specdec.head` and :mod:`specdec.few_rows`).
+  (the measurement behind :mod:`specdec.target.head` and :mod:`specdec.target.few_rows`).
 * ``draft``: a draft model's one-token step against its target's (a forward with a warm cache).
 * ``step``: where a decode step's time goes, for several drafters: the target's backbone forward
   as the engine runs it (``Target._forward``, the lean forward where it applies), its output head
@@ -27,8 +27,8 @@ import torch
 
 import specdec
 from specdec import drafters
-from specdec.head import few_rows_product
-from specdec.target import Target
+from specdec.target.head import few_rows_product
+from specdec.target.verifier import Target
 from specdec.tree import DraftTree
 
 TEXT = ("The committee met on Tuesday to review the budget for the new library wing, the parking plan and "
@@ -156,7 +156,7 @@ def draft(model, tokenizer, args) -> dict:
 @contextlib.contextmanager
 def step_timer():
     """Seconds spent in the target's backbone forward as the engine runs it and in its output head."""
-    import specdec.target as target_module
+    import specdec.target.verifier as target_module
 
     totals = {"forwards": [], "head": 0.0}  # seconds of each backbone forward (the first: the prefill)
     forward_of, project = target_module.Target._forward, target_module.Verification._project

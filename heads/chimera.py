@@ -34,8 +34,8 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
-from specdec.head import project
-from specdec.lean_llama import RotaryTable, apply_rotary, default_rotary, grouped_attention
+from specdec.target.head import project
+from specdec.target.lean_llama import RotaryTable, apply_rotary, default_rotary, grouped_attention
 
 
 @dataclass(frozen=True)

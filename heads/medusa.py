@@ -22,7 +22,7 @@ class ResidualBlock(nn.Module):
         nn.init.zeros_(self.linear.bias)
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
-        from specdec.head import linear  # few rows (a decoding step's) take the faster product on CPUs
+        from specdec.target.head import linear  # few rows (a decoding step's) take the faster product on CPUs
 
         return h + nn.functional.silu(linear(h, self.linear.weight, self.linear.bias))
 
@@ -47,7 +47,7 @@ class MedusaHeads(nn.Module):
 
     def forward(self, hidden: torch.Tensor, lm_head: nn.Module) -> torch.Tensor:
         """Logits [K, ..., V] of every head for hidden states ``hidden`` [..., H]."""
-        from specdec.head import project
+        from specdec.target.head import project
 
         return torch.stack([project(lm_head, state) for state in self.states(hidden)])
 

@@ -10,8 +10,8 @@ from .generation import GenerateOutput, generate
 from .loading import load_model
 from .pool import PoolOutput, generate_pool
 from .sampling import SamplingConfig
-from .smartspec import SmartSpec
-from .speculation import (
+from .policy.smartspec import SmartSpec
+from .policy.speculation import (
     FixedLength,
     SpeculationPlan,
     SpeculationPolicy,
@@ -19,7 +19,7 @@ from .speculation import (
     StepReport,
 )
 from .stats import DecodeStats
-from .target import Target
+from .target.verifier import Target
 from .tree import DraftTree
 
 __all__ = [

@@ -25,10 +25,10 @@ from .config import DecodeConfig
 from .drafters.base import CommitUpdate, Drafter, DraftRequest
 from .inputs import eos_ids, pad_id, truncate
 from .sampling import Randomness, seeded_randomness
-from .speculation import SpeculationPlan, StepContext, StepReport, as_policy
+from .policy.speculation import SpeculationPlan, StepContext, StepReport, as_policy
 from .stats import DecodeStats
 from .streaming import BatchStream
-from .target import Target
+from .target.verifier import Target
 from .tree import DraftTree
 
 

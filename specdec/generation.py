@@ -13,7 +13,7 @@ from .sampling import Randomness
 from .schedule import FixedBatches
 from .stats import DecodeStats
 from .streaming import BatchStream
-from .target import Target
+from .target.verifier import Target
 
 
 @dataclass
@@ -41,7 +41,7 @@ def generate(
     ``top_k``, ``top_p``, ``eos_token_id``, ``pad_token_id``, ``seed``, ``speculation``,
     ``typical_acceptance``), which win.  ``speculation`` is the length policy: None (the
     drafter's goodput policy, :meth:`~specdec.drafters.Drafter.default_policy`), an int (a fixed
-    depth; 0 is plain decoding), or a :class:`~specdec.speculation.SpeculationPolicy`.
+    depth; 0 is plain decoding), or a :class:`~specdec.policy.speculation.SpeculationPolicy`.
     ``typical_acceptance=(epsilon, delta)`` replaces lossless sampling by Medusa's typical
     acceptance: LOSSY, the output is no longer distributed as the target's.
 

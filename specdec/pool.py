@@ -19,7 +19,7 @@ from .inputs import check_inputs, left_padded, prompt_rows
 from .sampling import Randomness
 from .schedule import EqualLengthPool, FixedBatches
 from .stats import DecodeStats
-from .target import Target
+from .target.verifier import Target
 
 SCHEDULES = ("exspec", "eqspec")
 

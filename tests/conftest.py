@@ -34,10 +34,10 @@ def drafter_depth_by_default(request, monkeypatch):
     drafter's path untested).  Tests marked ``goodput_default`` get the real default.
     """
     if request.node.get_closest_marker("goodput_default") is None:
-        import specdec.speculation
+        import specdec.policy.speculation
 
-        monkeypatch.setattr(specdec.speculation, "default_policy",
-                            lambda drafter: specdec.speculation.FixedLength(int(drafter.num_tokens)))
+        monkeypatch.setattr(specdec.policy.speculation, "default_policy",
+                            lambda drafter: specdec.policy.speculation.FixedLength(int(drafter.num_tokens)))
 
 
 def tiny_llama(vocab_size: int = 64, seed: int = 0, dtype: torch.dtype = torch.float64, num_layers: int = 2,

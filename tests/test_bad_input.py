@@ -50,7 +50,7 @@ def corrupt_artifact(tmp: Path) -> Path:
 
 def foreign_profile(tmp: Path) -> Path:
     """A latency profile whose key says it was made on another machine."""
-    from specdec.latency import LatencyModel, Regression, latency_key
+    from specdec.policy.latency import LatencyModel, Regression, latency_key
 
     key = {**latency_key(TARGET), "machine": "some other CPU"}
     return LatencyModel(key, Regression("linear", [0.01], 1.0)).save(tmp / "profile.json")
@@ -273,8 +273,8 @@ def test_load_model_takes_a_hub_id_from_a_local_cache(tmp_path):
 
 def test_the_default_profile_of_another_machine_is_made_again(tmp_path, monkeypatch, caplog):
     """A copied or shared cache holds another machine's profile at the default path: profiled again, not used."""
-    from specdec.latency import LatencyModel, default_path, latency_key
-    from specdec.profiling import latency_for
+    from specdec.policy.latency import LatencyModel, default_path, latency_key
+    from specdec.policy.profiling import latency_for
 
     monkeypatch.setenv("SPECDEC_PROFILES", str(tmp_path))
     path = default_path(latency_key(TARGET))

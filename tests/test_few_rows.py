@@ -4,7 +4,7 @@ import torch
 from torch import nn
 
 from conftest import tiny_llama
-from specdec.few_rows import FewRowsLinear, few_row_linears
+from specdec.target.few_rows import FewRowsLinear, few_row_linears
 
 
 def test_linears_switch_inside_the_block_and_back_even_after_an_error():

@@ -123,7 +123,7 @@ def test_generate_defaults_to_the_drafters_goodput_policy(target, caplog):
     ids = torch.randint(3, VOCAB, (1, 6), generator=torch.Generator().manual_seed(4))
     want = target.generate(ids, max_new_tokens=12, do_sample=False, pad_token_id=PAD)
     drafter = drafters.DraftModel(noisy_copy(target, 0.2), 3)
-    with caplog.at_level(logging.WARNING, logger="specdec.profile"):
+    with caplog.at_level(logging.WARNING, logger="specdec.policy.profile"):
         first = specdec.generate(target, ids, drafter, max_new_tokens=12, eos_token_id=[])
     assert any("profiling it now" in r.getMessage() for r in caplog.records)
     policy = drafter.default_policy()

@@ -3,7 +3,7 @@ import torch
 from torch import nn
 
 from specdec.drafters.vocab import SubsetHead
-from specdec.head import FEW_ROWS, few_rows_product, project
+from specdec.target.head import FEW_ROWS, few_rows_product, project
 
 
 def test_few_rows_match_linear_for_every_row_count_and_shape():

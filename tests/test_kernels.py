@@ -4,17 +4,17 @@ import torch
 from conftest import tiny_llama
 
 import specdec
-import specdec.head
-import specdec.kernels
-from specdec.kernels import FALLBACK, Kernels, kernels_for
-from specdec.latency import LatencyModel, Regression, default_path, latency_key
-from specdec.profiling import measure_kernels
-from specdec.target import Target
+import specdec.target.head
+import specdec.target.kernels
+from specdec.target.kernels import FALLBACK, Kernels, kernels_for
+from specdec.policy.latency import LatencyModel, Regression, default_path, latency_key
+from specdec.policy.profiling import measure_kernels
+from specdec.target.verifier import Target
 
 
 @pytest.fixture
 def model(monkeypatch):
-    monkeypatch.setattr(specdec.kernels, "_measured", {})  # nothing remembered from other tests
+    monkeypatch.setattr(specdec.target.kernels, "_measured", {})  # nothing remembered from other tests
     return tiny_llama(64, dtype=torch.float32, seed=3)
 
 
@@ -37,8 +37,8 @@ def test_a_target_uses_the_kernels_stored_with_its_profile(model, monkeypatch):
     target = Target(model)
     assert kernels_for(model) == odd and target.kernels == odd and not target.lean.fused
     calls = []
-    real = specdec.head.few_rows_product
-    monkeypatch.setattr(specdec.head, "few_rows_product", lambda *a: calls.append(1) or real(*a))
+    real = specdec.target.head.few_rows_product
+    monkeypatch.setattr(specdec.target.head, "few_rows_product", lambda *a: calls.append(1) or real(*a))
     ids = torch.tensor([[5, 6, 7, 8]])
     out = specdec.generate(model, ids, specdec.drafters.PromptLookup(2), max_new_tokens=5, speculation=2)
     assert calls == [] and torch.equal(out.sequences, model.generate(ids, max_new_tokens=5, do_sample=False))

@@ -4,7 +4,7 @@ import torch
 from transformers import DynamicCache, LlamaConfig
 
 from conftest import tiny_llama
-from specdec.kv import BufferLayer, RaggedCache
+from specdec.target.kv import BufferLayer, RaggedCache
 
 CONFIG = LlamaConfig(hidden_size=8, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1,
                      intermediate_size=16, vocab_size=16)

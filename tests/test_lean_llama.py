@@ -10,7 +10,7 @@ from conftest import tiny_llama
 
 import specdec
 from specdec import drafters
-from specdec import lean_llama
+from specdec.target import lean_llama
 from specdec.drafters import draft_cache
 
 VOCAB = 64

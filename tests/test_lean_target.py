@@ -8,8 +8,8 @@ import pytest
 import torch
 from conftest import tiny_llama
 
-from specdec import target as target_module
-from specdec.target import Target
+from specdec.target import verifier as target_module
+from specdec.target.verifier import Target
 from specdec.tree import DraftTree
 
 VOCAB = 64

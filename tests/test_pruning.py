@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from specdec.pruning import best_width, expected_tokens, growth_order, node_depths, path_values, sibling_ranks
+from specdec.policy.pruning import best_width, expected_tokens, growth_order, node_depths, path_values, sibling_ranks
 from specdec.tree import DraftTree
 
 # node: 0 (d1 r0), 1 (d1 r1), 2 (d2 r0 below 0), 3 (d2 r1 below 0), 4 (d3 r0 below 2)

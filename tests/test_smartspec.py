@@ -11,7 +11,7 @@ from test_sampling_lossless import PROMPT, exact_law, generated, models
 
 import specdec
 from specdec import drafters
-from specdec.latency import LatencyModel, Regression, latency_key
+from specdec.policy.latency import LatencyModel, Regression, latency_key
 from specdec.tree import DraftTree
 
 VOCAB = 64
@@ -213,7 +213,7 @@ def test_bad_arguments(kwargs, error, message):
 def test_latency_regression_fits_and_round_trips(tmp_path, target):
     import numpy as np
 
-    from specdec.latency import fit, verify_features
+    from specdec.policy.latency import fit, verify_features
 
     grid = list(itertools.product((1, 2, 4), (0, 1, 3, 7), (64, 512)))
     b, n, c = (np.array(x, dtype=float) for x in zip(*grid))
@@ -227,7 +227,7 @@ def test_latency_regression_fits_and_round_trips(tmp_path, target):
 
 def test_fit_with_fewer_points_than_features_reproduces_them():
     """A drafter profiled at one depth gives fewer points than features: the fit still reproduces them."""
-    from specdec.latency import draft_features, fit
+    from specdec.policy.latency import draft_features, fit
 
     batches, depths = [1, 2, 4, 8], [1, 1, 1, 1]
     y = np.array([0.003, 0.004, 0.006, 0.010])
@@ -240,7 +240,7 @@ def test_fit_with_fewer_points_than_features_reproduces_them():
 def test_inside_the_profiled_grid_the_measurements_answer(target):
     """Multilinear interpolation of the profiled points (exact for a multilinear law), context extrapolated;
     outside the grid's batch sizes and node counts, and for an incomplete grid, the regression answers."""
-    from specdec.latency import Grid
+    from specdec.policy.latency import Grid
 
     def law(b, n, c):
         return 0.01 + 0.002 * b + 0.003 * n + 1e-5 * c + 0.001 * b * n
@@ -269,7 +269,7 @@ def test_inside_the_profiled_grid_the_measurements_answer(target):
 def test_profiled_grid_is_made_monotone_where_noise_broke_it():
     """Pool adjacent violators exactly; a grid where 3 nodes read cheaper than 2 is pooled along nodes (and
     stays monotone in every axis asked), while a grid that is already monotone is left as measured."""
-    from specdec.latency import Grid, isotonic
+    from specdec.policy.latency import Grid, isotonic
 
     assert isotonic([30.1, 32.3, 38.9, 33.5, 46.7]) == pytest.approx([30.1, 32.3, 36.2, 36.2, 46.7])
     assert isotonic([3.0, 2.0, 1.0]) == pytest.approx([2.0, 2.0, 2.0]) and isotonic([]) == []
@@ -294,7 +294,7 @@ def test_profiled_grid_is_made_monotone_where_noise_broke_it():
 def test_an_overhead_learnt_while_busy_fades_over_plain_steps(target):
     """Drafting steps that ran slow (a busy spell) stop drafting; the plain steps that follow fade that
     overhead back towards the profile, so drafting is weighed again (with forget=1 it never would be)."""
-    from specdec.step_time import StepTimes
+    from specdec.policy.step_time import StepTimes
 
     for forget, fades in ((0.99, True), (1.0, False)):
         times = StepTimes(synthetic_latency(target), "ScriptedDrafter", forget=forget)

@@ -8,7 +8,7 @@ from exact_randomness import enumerate_law
 from scripted import noisy_copy
 from specdec import drafters
 from specdec.inputs import left_padded
-from specdec.target import Target
+from specdec.target.verifier import Target
 from specdec.tree import DraftTree
 from test_batch import PAD, VOCAB, expected_batch, prompts, target  # noqa: F401  (fixture)
 from test_sampling_lossless import exact_law

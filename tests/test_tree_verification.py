@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from conftest import tiny_llama
-from specdec.target import Target
+from specdec.target.verifier import Target
 from specdec.tree import DraftTree
 
 

@@ -124,10 +124,10 @@ class Drafter(abc.ABC):
 
     def default_policy(self):
         """The speculation policy ``generate`` uses with this drafter when given none: a goodput policy
-        (:class:`~specdec.smartspec.SmartSpec`) made on first use and kept, so it learns across calls."""
+        (:class:`~specdec.policy.smartspec.SmartSpec`) made on first use and kept, so it learns across calls."""
         policy = self.__dict__.get("_default_policy")
         if policy is None:
-            from ..smartspec import SmartSpec
+            from ..policy.smartspec import SmartSpec
 
             policy = self.__dict__["_default_policy"] = SmartSpec()
         return policy

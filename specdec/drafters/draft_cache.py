@@ -19,11 +19,11 @@ from typing import Callable
 
 import torch
 
-from ..head import logits as head_logits
-from ..kv import RaggedCache
+from ..target.head import logits as head_logits
+from ..target.kv import RaggedCache
 from ..tree import DraftTree, additive_mask
 from .base import CommitUpdate
-from ..lean_llama import LeanLlama, supports
+from ..target.lean_llama import LeanLlama, supports
 
 
 class DraftCache:

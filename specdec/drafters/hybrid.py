@@ -21,7 +21,7 @@ siblings they merge into, never before: a drawn node is never dropped for equall
 
 How many nodes each source gets is the goodput policy's call: it learns acceptance per (source,
 depth, sibling rank) and keeps, per row, the nodes of highest expected tokens per predicted
-second (:mod:`specdec.pruning`).  When nothing matches, the step is the model's tree; when a long
+second (:mod:`specdec.policy.pruning`).  When nothing matches, the step is the model's tree; when a long
 copy keeps being accepted, the step may be mostly a long copied chain.
 """
 from __future__ import annotations

@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..head import linear
+from ..target.head import linear
 from .base import output_vocab_size
 
 
@@ -44,7 +44,7 @@ class SubsetHead(nn.Module):
 
     def subset_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """Logits [..., V'] over the subset only."""
-        return linear(hidden, self.weight)  # the faster product for few rows (see specdec.head)
+        return linear(hidden, self.weight)  # the faster product for few rows (see specdec.target.head)
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
         sub = self.subset_logits(hidden)

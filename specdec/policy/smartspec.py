@@ -7,8 +7,8 @@ tree is sized, in two moves per step:
 1. **Before drafting** (:meth:`SmartSpec.plan`), the depth K.  For every K up to the drafter's
    reach, the drafter's largest tree at that depth (:meth:`~specdec.drafters.Drafter.tree_template`,
    e.g. Medusa's card tree, Chimera's dynamic tree, a chain) is valued node by node from the
-   acceptance learnt per (depth, sibling rank) (:mod:`specdec.acceptance_rates`); its best subtree
-   of every width m is read off (:mod:`specdec.pruning`), and the step's goodput is
+   acceptance learnt per (depth, sibling rank) (:mod:`specdec.policy.acceptance_rates`); its best subtree
+   of every width m is read off (:mod:`specdec.policy.pruning`), and the step's goodput is
 
        sum over rows of E_r[tokens | K, m]  /  (T_draft(B, K) + T_verify(B, m, C)),
 
@@ -25,16 +25,16 @@ From Sequoia (Chen et al., 2024) this takes the positional acceptance vector, pe
 sibling rank, and the choice of tree size against a measured cost curve; from EAGLE-2 (Li et al.,
 2024) the per-step pruning of a drafted tree to the nodes of highest path probability (with the
 learnt rates as the probability, not the draft's confidence); from SmartSpec the goodput rule, the
-profiled cost model with online correction (:mod:`specdec.step_time`), and K = 0.
+profiled cost model with online correction (:mod:`specdec.policy.step_time`), and K = 0.
 
-T comes from a :class:`~specdec.latency.LatencyModel` profiled for this model, dtype, device and
-thread count: ``latency`` (a model or a path), else the file ``python -m specdec.profile``
+T comes from a :class:`~specdec.policy.latency.LatencyModel` profiled for this model, dtype, device and
+thread count: ``latency`` (a model or a path), else the file ``python -m specdec.policy.profile``
 writes, else profiled on first use with a short grid (it says so and shows a progress bar).
 While K = 0 nothing is observed, so after ``probe_every`` such steps one step drafts one level
 and keeps at least one node per row: acceptance that rises mid-sequence brings drafting back.
 Probes that change nothing double the interval, up to ``4 * probe_every``.  The other way round,
 after ``probe_every`` drafting steps in a row one step decodes plainly, so that the machine's speed
-(measured on plain steps) and a drafting width's own overhead stay apart (:mod:`specdec.step_time`).
+(measured on plain steps) and a drafting width's own overhead stay apart (:mod:`specdec.policy.step_time`).
 
 A hybrid drafter (:class:`~specdec.drafters.hybrid.Hybrid`) proposes nodes of two sources, a
 model's draws and copies.  Acceptance is learnt per source (copies start from ``copy_prior``: once a

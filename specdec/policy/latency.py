@@ -7,7 +7,7 @@ Two regressions (SmartSpec, Liu et al. 2024; the features of its authors' vLLM f
   ``[1, B, T, B*C, [n > 0], [T > R], [T > R]*T, [T > 2]]`` (linear) or those plus the squares and
   pairwise products of B, T and B*C (quadratic).  The indicators are there because CPU matrix
   products change kernels: specdec's linear layers multiply up to R rows one way (the machine's
-  :class:`~specdec.kernels.Kernels` ``linear_rows``) and more rows another, and one or two rows cost
+  :class:`~specdec.target.kernels.Kernels` ``linear_rows``) and more rows another, and one or two rows cost
   the same (one is padded to two);
 * the drafter's proposal, in B and draft depth k: ``[1, k, B*k, B]`` (linear) or quadratic.
 
@@ -22,7 +22,7 @@ minimises relative error: a policy compares steps of nearly equal length, and an
 would spend its accuracy on the long steps of big batches.  A
 :class:`LatencyModel` is saved as JSON keyed by the model, its dtype, the device and the thread
 count, and loading refuses a file made for anything else.  The file also holds the machine's
-:class:`~specdec.kernels.Kernels`, measured by the same profile, which the target's forward reads.
+:class:`~specdec.target.kernels.Kernels`, measured by the same profile, which the target's forward reads.
 """
 from __future__ import annotations
 
@@ -184,7 +184,7 @@ class LatencyModel:
     verify: Regression
     draft: dict[str, Regression] = field(default_factory=dict)  # drafter name -> its regression
     points: dict = field(default_factory=dict)  # the profiled measurements, for the record
-    kernels: dict | None = None  # the machine's Kernels (specdec.kernels), measured by the same profile
+    kernels: dict | None = None  # the machine's Kernels (specdec.target.kernels), measured by the same profile
 
     @cached_property
     def _verify_grid(self) -> Grid:
@@ -237,7 +237,7 @@ class LatencyModel:
         if expected_key is not None and model.key != expected_key:
             differs = {k: (model.key.get(k), v) for k, v in expected_key.items() if model.key.get(k) != v}
             raise ValueError(f"latency model {path} was profiled for another setting: {differs} "
-                             "(file, now); run `python -m specdec.profile` for this one")
+                             "(file, now); run `python -m specdec.policy.profile` for this one")
         return model
 
 
@@ -248,9 +248,9 @@ def latency_key(model, threads: int | None = None) -> dict:
     parameter = next(model.parameters())
     name = getattr(model.config, "_name_or_path", None) or type(model).__name__
     size = sum(p.numel() for p in model.parameters())
-    from .lean_llama import supports
+    from ..target.lean_llama import supports
 
-    forward = "lean" if supports(model) else "hf"  # the forward Target runs (specdec.target)
+    forward = "lean" if supports(model) else "hf"  # the forward Target runs (specdec.target.verifier)
     return {"model": f"{Path(str(name)).name}:{size}", "dtype": str(parameter.dtype).replace("torch.", ""),
             "device": parameter.device.type, "machine": machine_name(parameter.device),
             "threads": int(threads or torch.get_num_threads()), "forward": forward, "features": FEATURES_VERSION}
@@ -276,7 +276,7 @@ def machine_name(device) -> str:
 def default_path(key: dict) -> Path:
     """``<cache>/profiles/<model>-<dtype>-<device>-t<threads>.json`` beside the model cache
     (``$SPECDEC_PROFILES`` instead of ``<cache>/profiles`` where set)."""
-    from .loading import default_cache_dir
+    from ..loading import default_cache_dir
 
     safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in key["model"])
     folder = Path(os.environ["SPECDEC_PROFILES"]) if os.environ.get("SPECDEC_PROFILES") else default_cache_dir() / "profiles"

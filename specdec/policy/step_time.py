@@ -1,6 +1,6 @@
 """A step's predicted seconds: the profiled cost curve, corrected online by what steps really took.
 
-The latency model (:mod:`specdec.latency`) times the target's verification of ``width`` nodes per
+The latency model (:mod:`specdec.policy.latency`) times the target's verification of ``width`` nodes per
 row and the drafter's proposal of ``depth`` levels in isolation, interleaved, so it knows their
 relative costs well but not two things a real step adds: the machine's speed *now* (a shared
 machine drifts by tens of percent within minutes) and the engine's own work around a drafting

@@ -9,7 +9,7 @@ Chains (plain decoding included) need no tree mask: the model's own causal mask 
 the chain's, so they pass a 2D padding mask (or none at all when no row is padded), and the
 attention kernels take their fast causal path.  Only real trees pass a 4D mask.
 
-The cache is a :class:`~specdec.kv.RaggedCache`: per row it knows which entries are real
+The cache is a :class:`~specdec.target.kv.RaggedCache`: per row it knows which entries are real
 and so each row's length (the root's position), and it realigns rows that accepted
 different numbers of tokens.
 """
@@ -27,7 +27,7 @@ from .kv import RaggedCache
 from .lean_llama import LeanLlama
 from .lean_llama import supports as lean_supports
 from .masks import padded_prefill_attention, tree_attention
-from .tree import DraftTree
+from ..tree import DraftTree
 
 
 @dataclass
@@ -70,11 +70,11 @@ class Target:
 
     def __init__(self, model: torch.nn.Module, few_rows: bool = True, lean: bool = True,
                  kernels: Kernels | None = None):
-        """``few_rows``: run the model's linear layers as ``W @ x.T`` for few rows (:mod:`specdec.few_rows`);
+        """``few_rows``: run the model's linear layers as ``W @ x.T`` for few rows (:mod:`specdec.target.few_rows`);
         how few, which counts are padded and whether to fuse come from ``kernels``, by default the ones
-        profiled for this model and machine (:func:`specdec.kernels.kernels_for`; the fallback without a profile).
+        profiled for this model and machine (:func:`specdec.target.kernels.kernels_for`; the fallback without a profile).
 
-        ``lean``: plain Llama models run :class:`~specdec.lean_llama.LeanLlama`, the same
+        ``lean``: plain Llama models run :class:`~specdec.target.lean_llama.LeanLlama`, the same
         mathematics from the same weights without Hugging Face's per-call plumbing;
         its q/k/v and gate/up products are fused where the kernels say it pays and that copy is at most
         ``FUSE_BYTES``.  Other families, and ``lean=False``, run the model's own forward.

@@ -6,7 +6,7 @@ every row's next entry goes in the same column.  What is real is tracked explici
 from its count of real entries.
 
 Every layer keeps its whole history, sliding-window layers included (the attention masks apply
-the window; see :mod:`specdec.masks`).  Storage is one preallocated buffer per layer (:class:`BufferLayer`): a forward writes its new
+the window; see :mod:`specdec.target.masks`).  Storage is one preallocated buffer per layer (:class:`BufferLayer`): a forward writes its new
 keys and values in place and attends over a view, so a step copies nothing of the cache (a
 Hugging Face ``DynamicCache`` concatenates, copying the whole cache, at every forward).
 :meth:`RaggedCache.keep` drops rejected draft entries: a chain's accepted prefix is a crop (no

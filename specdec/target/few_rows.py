@@ -2,16 +2,16 @@
 
 A decoding step feeds one to a few dozen tokens per row through every linear layer of the model.
 On CPUs ``F.linear`` (``x @ W.T``) takes a slow path for so few rows, while the same product with
-the weight as the left operand streams the weight at full memory speed (see :mod:`specdec.head`).
+the weight as the left operand streams the weight at full memory speed (see :mod:`specdec.target.head`).
 :func:`few_row_linears` switches every plain ``nn.Linear`` of a module to that product for the
 duration of a ``with`` block, and back: the parameters, the module tree and anything outside the
 block (Hugging Face's ``generate`` on the same model) stay untouched.  Inputs with more rows than
-the machine's cut-over (:class:`~specdec.kernels.Kernels` ``linear_rows``; prefill, big trees),
+the machine's cut-over (:class:`~specdec.target.kernels.Kernels` ``linear_rows``; prefill, big trees),
 under autograd or off the CPU take ``F.linear`` as before.  Results differ from ``F.linear``'s
 only by float rounding.
 
 Not thread-safe: do not run the same model in other threads meanwhile.  Plain Llama targets skip
-this and run :class:`~specdec.lean_llama.LeanLlama`, which calls the same product directly.
+this and run :class:`~specdec.target.lean_llama.LeanLlama`, which calls the same product directly.
 """
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ MAX_ROWS = FALLBACK.linear_rows  # the fallback cut-over (rows over the batch) w
 
 
 class FewRowsLinear(nn.Linear):
-    """``nn.Linear`` whose forward takes :func:`specdec.head.linear`'s few-row product for few CPU rows."""
+    """``nn.Linear`` whose forward takes :func:`specdec.target.head.linear`'s few-row product for few CPU rows."""
 
     few_rows, padded = MAX_ROWS, None  # set per module by few_row_linears
 

@@ -1,13 +1,13 @@
 """Timing what a speculation policy weighs, and the product paths a target's forward should take.
 
-:func:`profile` first measures this machine's :class:`~specdec.kernels.Kernels` for the model
+:func:`profile` first measures this machine's :class:`~specdec.target.kernels.Kernels` for the model
 (:func:`measure_kernels`), then, with those kernels in effect, times ``Target.verify`` of n draft
 nodes for a grid of batch sizes B, node counts n and contexts C (plus the output head at the root,
 what greedy decoding pays at the least) and a drafter's draft seconds per step at depths k and
 batch sizes B (from ``specdec.generate`` runs with ``speculation=k``), interleaved and repeated
-(medians), and fits a :class:`~specdec.latency.LatencyModel` that holds the kernels too.
+(medians), and fits a :class:`~specdec.policy.latency.LatencyModel` that holds the kernels too.
 ``quick=True`` profiles a small grid (what SmartSpec does on first use, with a progress bar);
-``python -m specdec.profile`` runs the full grid.  :func:`latency_for` finds the profile a policy
+``python -m specdec.policy.profile`` runs the full grid.  :func:`latency_for` finds the profile a policy
 needs: given, on disk, or made now.  Every time read comes from :class:`~specdec.clock.Clock`,
 which synchronises an accelerator before each reading.
 """
@@ -21,14 +21,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .clock import Clock, clock_for
-from .head import few_rows_product
-from .kernels import FALLBACK, Kernels, remember
+from ..clock import Clock, clock_for
+from ..target.head import few_rows_product
+from ..target.kernels import FALLBACK, Kernels, remember
 from .latency import LatencyModel, default_path, draft_features, fit, latency_key, verify_features
-from .target import Target
-from .tree import DraftTree
+from ..target.verifier import Target
+from ..tree import DraftTree
 
-log = logging.getLogger("specdec.profile")
+log = logging.getLogger("specdec.policy.profile")
 
 FULL = {"batches": (1, 2, 4, 8), "nodes": (0, 1, 2, 3, 5, 7, 11, 15), "contexts": (64, 256, 768), "repeats": 3,
         "depths": (1, 2, 4, 8), "draft_batches": (1, 2, 4, 8)}
@@ -70,7 +70,7 @@ def _median_seconds(run, repeats: int, clock: Clock) -> float:
 # ---- kernels -----------------------------------------------------------------------------------------
 def _layer_matrices(model, fuse: bool) -> list[torch.Tensor]:
     """Every weight matrix a decoder forward multiplies, as the target's forward would hold them."""
-    from .lean_llama import LeanLlama, supports
+    from ..target.lean_llama import LeanLlama, supports
 
     if supports(model):
         return [w for layer in LeanLlama.for_model(model, fuse=fuse).layers
@@ -112,11 +112,11 @@ def _padding(rows: list[int], cost: dict, gain: float = 0.95) -> dict:
 
 @torch.no_grad()
 def measure_kernels(model, clock: Clock | None = None, repeats: int = 3, progress: _Progress | None = None) -> Kernels:
-    """This machine's product paths for ``model`` (see :mod:`specdec.kernels`), timed on its own weights.
+    """This machine's product paths for ``model`` (see :mod:`specdec.target.kernels`), timed on its own weights.
 
     The few-row products apply to float32 on the CPU only; elsewhere only the head's cheap rows and
     fusion are measured and the few-row limits are 0."""
-    from .lean_llama import supports
+    from ..target.lean_llama import supports
 
     clock = clock or clock_for(model)
     head = model.get_output_embeddings().weight.detach()
@@ -165,7 +165,7 @@ def measure_kernels(model, clock: Clock | None = None, repeats: int = 3, progres
 
 def kernel_steps(model) -> int:
     """Units of work :func:`measure_kernels` reports to a progress bar."""
-    from .lean_llama import supports
+    from ..target.lean_llama import supports
 
     return (6 if supports(model) else 0) + 2 * len(HEAD_ROWS) + 2 * len(KERNEL_ROWS)
 
@@ -206,7 +206,7 @@ def time_verify(model, batches, nodes, contexts, repeats: int, seed: int = 0, ke
 def time_draft(model, drafter, batches, depths, repeats: int = 1, seed: int = 0,
                progress: _Progress | None = None) -> list[dict]:
     """A drafter's draft seconds per step at depth k and batch size B, from ``specdec.generate`` runs."""
-    from .generation import generate
+    from ..generation import generate
 
     g = torch.Generator().manual_seed(seed)
     vocab = model.get_output_embeddings().weight.shape[0]
@@ -305,7 +305,7 @@ def latency_for(model, drafters: dict, given: LatencyModel | str | Path | None =
     """The latency model for ``model`` with the draft cost of every drafter in ``drafters`` (name -> drafter).
 
     ``given`` (a model or a path) must have been profiled for this model, dtype, device and thread
-    count.  Else the file ``python -m specdec.profile`` writes is used, or, the first time on a
+    count.  Else the file ``python -m specdec.policy.profile`` writes is used, or, the first time on a
     machine, a short profile is made now (with a progress bar) and saved there.  A drafter the
     profile lacks is profiled and added (and saved, for the default file)."""
     key = latency_key(model)
@@ -321,7 +321,7 @@ def latency_for(model, drafters: dict, given: LatencyModel | str | Path | None =
         loaded, save = _load(path, key), True
     elif profile_on_first_use:
         log.warning("specdec: no latency profile for %s on this machine yet; profiling it now, once (40 s for "
-                    "SmolLM2-135M on 2 CPU cores; the bar shows the time left; `python -m specdec.profile` makes a "
+                    "SmolLM2-135M on 2 CPU cores; the bar shows the time left; `python -m specdec.policy.profile` makes a "
                     "fuller one)", key["model"])
         clock = clock_for(model)
         started = clock()
@@ -332,7 +332,7 @@ def latency_for(model, drafters: dict, given: LatencyModel | str | Path | None =
         log.warning("specdec: profiled in %.0f s; saved to %s", clock() - started, path)
         return loaded
     else:
-        raise FileNotFoundError(f"no latency profile for {key} at {path}; run `python -m specdec.profile`")
+        raise FileNotFoundError(f"no latency profile for {key} at {path}; run `python -m specdec.policy.profile`")
     missing = {name: d for name, d in drafters.items() if name not in loaded.draft}
     if missing:
         log.warning("specdec: the latency profile lacks the draft cost of %s; profiling it now", ", ".join(missing))

@@ -6,7 +6,7 @@ how many rows it has, and where those speeds cross depends on the CPU, its cache
 count and the model's shapes:
 
 * ``linear_rows``: up to this many rows the decoder's linear layers multiply as ``W @ x.T``
-  (:func:`specdec.head.linear`), beyond it as ``F.linear``;
+  (:func:`specdec.target.head.linear`), beyond it as ``F.linear``;
 * ``head_rows``: the same cut-over for the output head, a much larger matrix;
 * ``padded_rows``: row counts multiplied as a few more rows (copies of the first), because the
   larger product is faster (a single column takes a matrix-vector path);
@@ -15,9 +15,9 @@ count and the model's shapes:
 * ``fuse``: whether the lean Llama forward multiplies q/k/v and gate/up as one product each
   (from concatenated copies of the weights).
 
-``python -m specdec.profile`` and SmartSpec's first-use profile measure them
-(:func:`specdec.profiling.measure_kernels`) and store them with the latency model; a
-:class:`~specdec.target.Target` reads them from there (:func:`kernels_for`).  Where no profile
+``python -m specdec.policy.profile`` and SmartSpec's first-use profile measure them
+(:func:`specdec.policy.profiling.measure_kernels`) and store them with the latency model; a
+:class:`~specdec.target.verifier.Target` reads them from there (:func:`kernels_for`).  Where no profile
 exists, :data:`FALLBACK` holds the values measured on the 2-core development CPU with
 SmolLM2-135M in float32, which is all they are good for.  Any setting gives the same numbers up to
 float rounding.
@@ -67,7 +67,7 @@ _measured: dict[Path, Kernels] = {}  # measured in this process, before (or with
 
 def remember(model, kernels: Kernels) -> None:
     """Use ``kernels`` for ``model`` (this dtype, device, thread count) in this process from now on."""
-    from .latency import default_path, latency_key
+    from ..policy.latency import default_path, latency_key
 
     _measured[default_path(latency_key(model))] = kernels
 
@@ -75,7 +75,7 @@ def remember(model, kernels: Kernels) -> None:
 def kernels_for(model) -> Kernels:
     """The kernels measured for this model, dtype, device and thread count: in this process, else stored
     with its latency profile, else :data:`FALLBACK`.  Files are read once and again only when they change."""
-    from .latency import default_path, latency_key
+    from ..policy.latency import default_path, latency_key
 
     path = default_path(latency_key(model))
     if path in _measured:

@@ -5,9 +5,9 @@ arithmetic: in ``LlamaModel``'s mask building, rotary and output plumbing and it
 modules (RESULTS.md has the measurements).  :class:`LeanLlama` runs the same mathematics from the
 same weights: q, k and v in one product, gate and up in one, rotary angles from a table the
 model's own rotary module fills, and ``scaled_dot_product_attention`` over
-:class:`~specdec.kv.BufferLayer` caches.  It is used by
+:class:`~specdec.target.kv.BufferLayer` caches.  It is used by
 :class:`~specdec.drafters.draft_cache.DraftCache` for plain Llama drafts (``supports``) and by
-:class:`~specdec.target.Target` for plain Llama targets, and is held equal to ``LlamaModel`` by
+:class:`~specdec.target.verifier.Target` for plain Llama targets, and is held equal to ``LlamaModel`` by
 ``tests/test_lean_llama.py`` and ``tests/test_lean_target.py``; other families run through their
 own Hugging Face forward.
 """
@@ -98,8 +98,8 @@ class LeanLlama:
                  padded: dict | None = None) -> torch.Tensor:
         """Hidden states [B, T, H] of ``input_ids`` [B, T] appended to ``cache`` (a RaggedCache's layers).
 
-        Products of at most ``few_rows`` rows (tokens over the batch) take :func:`specdec.head.linear`'s
-        ``W @ x.T`` path, row counts in ``padded`` padded (:class:`~specdec.kernels.Kernels`).
+        Products of at most ``few_rows`` rows (tokens over the batch) take :func:`specdec.target.head.linear`'s
+        ``W @ x.T`` path, row counts in ``padded`` padded (:class:`~specdec.target.kernels.Kernels`).
 
         ``attention_mask``: None (every cached entry real; the new tokens causal among themselves),
         [B, C + T] with 1 for real entries (padding; causal over the new tokens), or a 4D additive

@@ -6,7 +6,7 @@ applied to.  On CPUs, ``F.linear`` (``x @ W.T`` with the weight stored [V, H]) r
 for few rows, while ``W @ x.T``, the same product with the weight as the left operand, streams
 the weight at full memory speed.  So products of few rows multiply that way, some row counts
 padded to a few more rows (a single column takes the slow matrix-vector path); how few, and which
-counts, are this machine's :class:`~specdec.kernels.Kernels` (measured by the profile, or the
+counts, are this machine's :class:`~specdec.target.kernels.Kernels` (measured by the profile, or the
 fallback).  The numbers differ from ``F.linear``'s only by float rounding.
 """
 from __future__ import annotations
@@ -16,7 +16,7 @@ from torch import nn
 
 from .kernels import FALLBACK
 
-FEW_ROWS = FALLBACK.head_rows  # the fallback row limits and padding (specdec.kernels: measured ones win)
+FEW_ROWS = FALLBACK.head_rows  # the fallback row limits and padding (specdec.target.kernels: measured ones win)
 PADDED_ROWS = FALLBACK.padded_rows
 
 
@@ -50,7 +50,7 @@ def linear(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
 
 def project(head: nn.Module, hidden: torch.Tensor, kernels=None) -> torch.Tensor:
     """``head(hidden)`` for inputs [..., H]; plain linear layers on the CPU take the fast path for few rows
-    (``kernels``: this machine's :class:`~specdec.kernels.Kernels`, default the fallback).
+    (``kernels``: this machine's :class:`~specdec.target.kernels.Kernels`, default the fallback).
 
     Worth it for matrices larger than the CPU's caches (output heads, wide draft layers); small
     ones run either way at about the same speed.

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import torch
 
-from .tree import DraftTree, additive_mask
+from ..tree import DraftTree, additive_mask
 
 
 def layer_kinds(config) -> set[str]:

@@ -12,7 +12,7 @@ After the drafter proposed, the policy may prune the tree (:meth:`SpeculationPol
 nodes it drops are not verified, and the engine compacts what is left.
 
 ``generate(speculation=k)`` with an int is :class:`FixedLength` (``0``: plain decoding); ``None``
-with a drafter is the goodput policy, :class:`~specdec.smartspec.SmartSpec`, one per drafter
+with a drafter is the goodput policy, :class:`~specdec.policy.smartspec.SmartSpec`, one per drafter
 (:meth:`~specdec.drafters.Drafter.default_policy`), so that what it learns carries over from call
 to call.  Adaptive policies subclass :class:`SpeculationPolicy`.
 """

@@ -1,9 +1,9 @@
-"""``python -m specdec.profile``: measure this machine's kernels, profile the target's verification and the
+"""``python -m specdec.policy.profile``: measure this machine's kernels, profile the target's verification and the
 drafters' cost, and fit the goodput policy's latency model.
 
 Hydra app (needs the ``bench`` extra): ``target=`` and ``drafters=`` (names of ``configs/drafter/``
 configs; default every one whose artifact exists).  Measures the product paths the target's forward
-should take here (:class:`~specdec.kernels.Kernels`), then times ``Target.verify`` over batch
+should take here (:class:`~specdec.target.kernels.Kernels`), then times ``Target.verify`` over batch
 sizes, draft nodes and contexts and each drafter's draft seconds per step over depths and batch
 sizes, fits the regressions (linear or quadratic, by held-out R^2), prints R^2, and saves the JSON
 where SmartSpec and every Target look for it: beside the model cache, keyed by model, dtype,
@@ -33,7 +33,7 @@ def _run(cfg) -> None:
     from .latency import default_path
     from .profiling import FULL, QUICK, profile
 
-    log = logging.getLogger("specdec.profile")
+    log = logging.getLogger("specdec.policy.profile")
     if cfg.target.get("num_threads"):
         torch.set_num_threads(int(cfg.target.num_threads))
     model, _ = instantiate(cfg.target.load)
