@@ -283,8 +283,8 @@ def common_token(model, prompt, new_tokens: int = 64) -> int:
     return int(torch.bincount(out).argmax())
 
 
-def run(level: str, progress=print) -> list[Check]:
-    sizes = LEVELS[level]
+def run(level: str, progress=print, **sizes_override) -> list[Check]:
+    sizes = {**LEVELS[level], **{k: v for k, v in sizes_override.items() if v is not None}}
     checks: list[Check] = []
 
     def add(check: Check):
@@ -336,12 +336,15 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m specdec.bench.soak", description=__doc__.split("\n\n")[0])
     parser.add_argument("--level", choices=sorted(LEVELS), default="quick")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    parser.add_argument("--long-tokens", type=int, default=None, help="new tokens of each long generation")
+    parser.add_argument("--pool-prompts", type=int, default=None, help="prompts in each pool")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     print(f"soak ({args.level}, {torch.get_num_threads()} threads)\n\n| check | numbers | result |\n|---|---|---|",
           flush=True)
-    checks = run(args.level, progress=lambda row: print(row, flush=True))
+    checks = run(args.level, progress=lambda row: print(row, flush=True), long_tokens=args.long_tokens,
+                 pool_prompts=args.pool_prompts)
     failed = [c.name for c in checks if not c.passed]
     print(f"\n{len(checks) - len(failed)}/{len(checks)} checks passed" + (f"; failed: {failed}" if failed else ""))
     return 1 if failed else 0

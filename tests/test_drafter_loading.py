@@ -32,8 +32,8 @@ def smollm2_shaped():
 
 
 def test_every_packaged_artifact_loads_from_its_card_and_decodes_exactly(smollm2_shaped):
-    names = drafters.packaged()
-    assert {"chimera-smollm2-135m-instruct", "medusa-smollm2-135m-instruct", "draft-smollm2-135m-instruct"} <= set(names)
+    names = [name for name, _ in drafters.packaged_for(smollm2_shaped)]  # those made for this target
+    assert {"chimera-smollm2-135m-instruct", "medusa-smollm2-135m-instruct", "draft-smollm2-135m-instruct"} == set(names)
     ids = torch.tensor([[5, 6, 7, 8, 5, 6]])
     want = smollm2_shaped.generate(ids, max_new_tokens=6, do_sample=False)
     kinds = {"chimera": drafters.Chimera, "medusa": drafters.Medusa, "draft": drafters.DraftModel}
@@ -82,6 +82,19 @@ def test_the_cli_picks_the_fastest_packaged_drafter_else_prompt_lookup(smollm2_s
     assert isinstance(drafter, drafters.PromptLookup) and "no drafter is packaged for 'tiny'" in why
     assert isinstance(drafters.auto(tiny), drafters.PromptLookup)
     assert build_drafter("none", tiny_llama(64), "tiny", None) == (None, "none (plain decoding)")
+
+
+def test_prompt_lookup_is_chosen_where_the_card_measured_it_faster(monkeypatch):
+    """A model that repeats itself (a base model's loops): the card of its best artifact says prompt lookup won."""
+    from specdec.drafters import artifacts
+
+    card = {"measured": {"speed_over_plain": 1.1, "prompt_lookup_over_plain": 1.6}}
+    monkeypatch.setattr(artifacts, "packaged_for", lambda target: [("chimera-x", card)])
+    drafter, why = artifacts.choose(tiny_llama(64))
+    assert isinstance(drafter, drafters.PromptLookup) and "1.60x" in why and "chimera-x" in why
+    card["measured"]["prompt_lookup_over_plain"] = 1.0
+    monkeypatch.setattr(artifacts, "load", lambda name, target: ("loaded", name))
+    assert artifacts.choose(tiny_llama(64))[0] == ("loaded", "chimera-x")
 
 
 @pytest.mark.slow

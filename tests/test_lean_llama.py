@@ -108,3 +108,14 @@ def test_float32_norm_equals_llama_rmsnorm_bit_for_bit():
     hidden = torch.randn(3, 5, 64) * 7
     norm = model.model.layers[0].input_layernorm
     assert torch.equal(lean._norm(hidden, lean.layers[0]["norm_in"]), norm(hidden))
+
+
+def test_a_draft_built_inside_inference_mode_decodes():
+    """A drafter loaded inside torch.inference_mode has inference-tensor weights (no version counter)."""
+    target = tiny_llama(64, seed=0)
+    ids = torch.tensor([[5, 6, 7, 8]])
+    want = target.generate(ids, max_new_tokens=6, do_sample=False)
+    with torch.inference_mode():
+        draft = tiny_llama(64, seed=1)
+        out = specdec.generate(target, ids, drafters.DraftModel(draft, 2), max_new_tokens=6, speculation=2)
+    assert torch.equal(out.sequences, want)

@@ -85,28 +85,33 @@ def relative_costs(model, tokenizer, makers: dict, max_new_tokens: int = 48, rep
     return out
 
 
-def speed_against_plain(model, tokenizer, make_drafter, per_category: int = 1, max_new_tokens: int = 64,
-                        repeats: int = 2) -> dict:
-    """The drafter (at specdec's default policy) against plain decoding on the benchmark's prompts, greedy.
+def speeds_against_plain(model, tokenizer, makers: dict, per_category: int = 1, max_new_tokens: int = 64,
+                         repeats: int = 2) -> dict:
+    """Drafters (name -> factory, at specdec's default policy) against plain decoding on the benchmark's prompts.
 
-    Each prompt runs plain and drafted back to back, ``repeats`` passes after a warm-up; the speedup is
-    total plain seconds over total drafted seconds, and every drafted output is checked against plain's."""
+    Each prompt runs plain, then every drafter, back to back, ``repeats`` passes after a warm-up; a
+    drafter's speedup is total plain seconds over its total seconds, and every output is checked
+    against plain's (greedy)."""
     chats = [chat for group in bench_chats(per_category).values() for chat in group]
     prompts = [encode_chat(tokenizer, chat) for chat in chats]
-    seconds = {"plain": 0.0, "drafted": 0.0}
-    tokens, steps, equal = 0, 0, True
+    plain_seconds = 0.0
+    runs = {name: {"seconds": 0.0, "tokens": 0, "steps": 0, "equal": True} for name in makers}
     with torch.inference_mode():
-        specdec.generate(model, prompts[0], make_drafter(), max_new_tokens=8)  # warm-up
+        for make in makers.values():
+            specdec.generate(model, prompts[0], make(), max_new_tokens=8)  # warm-up (a first use's profile)
         for _ in range(repeats):
             for ids in prompts:
                 plain = specdec.generate(model, ids, None, max_new_tokens=max_new_tokens)
-                drafted = specdec.generate(model, ids, make_drafter(), max_new_tokens=max_new_tokens)
-                seconds["plain"] += plain.stats.total_seconds
-                seconds["drafted"] += drafted.stats.total_seconds
-                equal &= torch.equal(plain.sequences, drafted.sequences)
-                tokens += drafted.stats.tokens_generated
-                steps += drafted.stats.row_steps
-    return {"speedup": round(seconds["plain"] / seconds["drafted"], 3), "tokens_per_step": round(tokens / max(steps, 1), 3),
-            "equal": bool(equal), "prompts": len(prompts), "max_new_tokens": max_new_tokens, "repeats": repeats,
-            "plain_seconds": round(seconds["plain"], 2), "drafted_seconds": round(seconds["drafted"], 2),
-            "threads": torch.get_num_threads()}
+                plain_seconds += plain.stats.total_seconds
+                for name, make in makers.items():
+                    drafted = specdec.generate(model, ids, make(), max_new_tokens=max_new_tokens)
+                    run = runs[name]
+                    run["seconds"] += drafted.stats.total_seconds
+                    run["equal"] &= torch.equal(plain.sequences, drafted.sequences)
+                    run["tokens"] += drafted.stats.tokens_generated
+                    run["steps"] += drafted.stats.row_steps
+    return {name: {"speedup": round(plain_seconds / run["seconds"], 3),
+                   "tokens_per_step": round(run["tokens"] / max(run["steps"], 1), 3), "equal": bool(run["equal"]),
+                   "prompts": len(prompts), "max_new_tokens": max_new_tokens, "repeats": repeats,
+                   "plain_seconds": round(plain_seconds, 2), "drafted_seconds": round(run["seconds"], 2),
+                   "threads": torch.get_num_threads()} for name, run in runs.items()}

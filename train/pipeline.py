@@ -146,14 +146,16 @@ def run_bench(cfg: DictConfig) -> dict:
 
     from specdec import drafters
 
-    from .measure import speed_against_plain
+    from .measure import speeds_against_plain
 
     if cfg.target.get("num_threads"):
         torch.set_num_threads(int(cfg.target.num_threads))
     model, tokenizer = instantiate(cfg.target.load)
     folder = export_dir(cfg)
-    line = speed_against_plain(model, tokenizer, lambda: drafters.load(folder, model), int(cfg.bench.per_category),
-                               int(cfg.bench.max_new_tokens), int(cfg.bench.repeats))
+    makers = {"artifact": lambda: drafters.load(folder, model), "prompt_lookup": drafters.PromptLookup}
+    speeds = speeds_against_plain(model, tokenizer, makers, int(cfg.bench.per_category),
+                                  int(cfg.bench.max_new_tokens), int(cfg.bench.repeats))
+    line = {**speeds["artifact"], "prompt_lookup_speedup": speeds["prompt_lookup"]["speedup"]}
     path = _bench_file(cfg)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(line, indent=2) + "\n", encoding="utf-8")
@@ -161,18 +163,23 @@ def run_bench(cfg: DictConfig) -> dict:
 
 
 def record(cfg: DictConfig, done: dict[str, dict], bench: dict | None) -> None:
-    """The card's ``pipeline`` section: each stage's command and seconds, and the bench line."""
+    """The card's ``pipeline`` section (each stage's command and seconds, the bench line) and, unless
+    ``tree_choice`` measured them already, the speeds :func:`specdec.drafters.choose` reads."""
     card_path = export_dir(cfg) / "card.json"
     card = json.loads(card_path.read_text())
     card["pipeline"] = {"command": "python -m specdec.train.pipeline " + " ".join(map(shlex.quote, sys.argv[1:])),
                         "stages": done, "bench": bench}
+    if bench is not None:
+        measured = card.setdefault("measured", {})
+        measured.setdefault("speed_over_plain", bench["speedup"])
+        measured.setdefault("prompt_lookup_over_plain", bench["prompt_lookup_speedup"])
     card_path.write_text(json.dumps(card, indent=2) + "\n", encoding="utf-8")
 
 
 def bench_summary(line: dict) -> str:
-    return (f"{line['speedup']:.2f}x plain decoding ({line['tokens_per_step']:.2f} tokens/step, "
-            f"{line['prompts']} prompts x {line['max_new_tokens']} tokens, greedy; outputs "
-            f"{'equal' if line['equal'] else 'DIFFERENT'})")
+    return (f"{line['speedup']:.2f}x plain decoding ({line['tokens_per_step']:.2f} tokens/step; prompt lookup "
+            f"{line['prompt_lookup_speedup']:.2f}x; {line['prompts']} prompts x {line['max_new_tokens']} tokens, "
+            f"greedy; outputs {'equal' if line['equal'] else 'DIFFERENT'})")
 
 
 @hydra.main(version_base="1.3", config_path="pkg://specdec.configs", config_name="train/pipeline")

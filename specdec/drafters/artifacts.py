@@ -183,6 +183,10 @@ def choose(target: torch.nn.Module) -> tuple:
                                 f"packaged: {', '.join(packaged()) or 'none'})")
     name, card = found[0]
     speed = (card.get("measured") or {}).get("speed_over_plain")
+    copying = (card.get("measured") or {}).get("prompt_lookup_over_plain")
+    if speed and copying and copying > speed:  # a model that repeats itself (a base model's loops)
+        return PromptLookup(), (f"prompt lookup ({copying:.2f}x plain decoding on {name}'s card, "
+                                f"which measured itself at {speed:.2f}x)")
     why = f"{speed:.2f}x plain decoding on its card" if speed else "no speed measured on its card"
     others = f"; also packaged for it: {', '.join(n for n, _ in found[1:])}" if len(found) > 1 else ""
     return load(name, target), f"{name} (the fastest drafter packaged for this model: {why}{others})"

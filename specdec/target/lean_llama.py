@@ -43,7 +43,9 @@ class LeanLlama:
     @classmethod
     def for_model(cls, model: nn.Module, fuse: bool = True) -> "LeanLlama":
         """The LeanLlama of ``model``, built once and rebuilt only when its weights change (not per decode)."""
-        weights = tuple((p.data_ptr(), p._version) for p in model.parameters())
+        # inference tensors (a model built inside torch.inference_mode) keep no version counter; they
+        # cannot be changed in place outside that mode, so their storage alone identifies them
+        weights = tuple((p.data_ptr(), 0 if p.is_inference() else p._version) for p in model.parameters())
         key = "_specdec_lean" if fuse else "_specdec_lean_unfused"
         built = model.__dict__.get(key)  # kept on the model: it lives and dies with it
         if built is None or built[0] != weights:
