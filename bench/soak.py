@@ -265,14 +265,10 @@ def threads(model, prompts, make_drafter, new_tokens: int = 24) -> Check:
 # -- runs ----------------------------------------------------------------------------------------------
 
 def tiny_model(max_positions: int = 2048):
-    from transformers import LlamaConfig, LlamaForCausalLM
+    """The benchmark's tiny random float64 Llama (``bench/targets.py``), without its tokenizer."""
+    from .targets import tiny_target
 
-    config = LlamaConfig(vocab_size=96, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=max_positions)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
-        model = LlamaForCausalLM(config)
-    return model.to(torch.float64).eval()
+    return tiny_target(max_positions=max_positions)[0]
 
 
 def common_token(model, prompt, new_tokens: int = 64) -> int:
@@ -293,7 +289,7 @@ def run(level: str, progress=print, **sizes_override) -> list[Check]:
 
     tiny = tiny_model(max(2048, sizes["pool_max_length"] + 64))
     g = torch.Generator().manual_seed(1)
-    tiny_prompts = [torch.randint(3, 96, (1, n), generator=g) for n in (12, 30, 7, 50)]
+    tiny_prompts = [torch.randint(3, tiny.config.vocab_size, (1, n), generator=g) for n in (12, 30, 7, 50)]
     # no suffix cache: it learns from every call by design (the broken one's committed tokens too), which would
     # change a seeded sample's trees and draws without any state being wrong
     hybrid_tiny = lambda: drafters.Hybrid(drafters.DraftModel.from_target_layers(tiny, 1), suffix_cache=False)  # noqa: E731
@@ -301,8 +297,9 @@ def run(level: str, progress=print, **sizes_override) -> list[Check]:
         model, tokenizer = specdec.load_model("smollm2-135m-instruct")
         from specdec.chat import encode_chat
 
-        text = Path(specdec.__file__).with_name("engine.py").read_text()[:6000]
-        long_prompt = encode_chat(tokenizer, [{"role": "user", "content": "Explain this code:\n" + text}])
+        from .long_context import long_prompt as source_prompt
+
+        long_prompt = source_prompt(tokenizer, 1500)
         prompts = [encode_chat(tokenizer, [{"role": "user", "content": q}]) for q in
                    ("Name three rivers.", "What is 17 * 23?", "Summarise: the sea is salty because rivers carry salts.")]
         makers = {"none": lambda: None, "prompt lookup": drafters.PromptLookup,

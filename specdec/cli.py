@@ -134,9 +134,12 @@ def main(argv: list[str] | None = None) -> int:
             speculation = -1
         if speculation is not None and speculation < 0:
             raise SystemExit(f"--speculation must be an int >= 0 or 'goodput', got {args.speculation!r}")
-    if args.sample and (args.temperature <= 0 or not 0 < args.top_p <= 1 or args.top_k < 0):
-        raise SystemExit(f"--temperature must be > 0, --top-p in (0, 1] and --top-k >= 0 when sampling, got "
-                         f"{args.temperature}, {args.top_p} and {args.top_k}")
+    sampling = dict(do_sample=True, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p) if args.sample else {}
+    try:  # DecodeConfig's own checks, before the model loads; its messages start with the field's name
+        specdec.DecodeConfig(seed=args.seed, **sampling)
+    except (ValueError, TypeError) as error:
+        field, _, rest = str(error).partition(" ")
+        raise SystemExit(f"--{field.replace('_', '-')} {rest}") from None
     prompt = messages_of(args)
     try:
         model, tokenizer = specdec.load_model(args.model)
@@ -149,7 +152,6 @@ def main(argv: list[str] | None = None) -> int:
         if speculation is None:  # a first use on this machine profiles it here, not on the clock below
             drafter.default_policy().start(model, drafter)
     streamer = None if args.no_stream else TextStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
-    sampling = dict(do_sample=True, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p) if args.sample else {}
     clock = clock_for(model)
 
     def answer(prompt):

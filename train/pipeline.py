@@ -34,12 +34,11 @@ from pathlib import Path
 from typing import Callable
 
 import hydra
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 log = logging.getLogger("specdec.train.pipeline")
 
 DRAFTERS = {"chimera": "chimera", "draft_model": "draft", "medusa": "medusa"}  # drafter -> trainer module
-STAGES = ("corpus", "answers", "teacher", "train", "bench")
 
 
 @dataclass
@@ -135,6 +134,11 @@ def _benched(cfg: DictConfig) -> bool:
         _bench_file(cfg).stat().st_mtime >= max(w.stat().st_mtime for w in weights)
 
 
+def ran_stages(cfg: DictConfig) -> Path:
+    """The run's record: each stage the pipeline ran, with its command and seconds."""
+    return Path(cfg.work_dir) / "pipeline" / f"{DRAFTERS[cfg.drafter_kind]}.json"
+
+
 def _bench_file(cfg: DictConfig) -> Path:
     return Path(cfg.work_dir) / "pipeline" / f"bench-{DRAFTERS[cfg.drafter_kind]}.json"
 
@@ -196,7 +200,7 @@ def main(cfg: DictConfig) -> None:
 
         print_plan(cfg, todo)
         return
-    state_path = Path(cfg.work_dir) / "pipeline" / f"{DRAFTERS[cfg.drafter_kind]}.json"
+    state_path = ran_stages(cfg)
     state_path.parent.mkdir(parents=True, exist_ok=True)
     done = json.loads(state_path.read_text()) if state_path.is_file() else {}
     bench = None

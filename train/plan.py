@@ -156,9 +156,9 @@ def _clock(seconds: float) -> str:
 
 def print_plan(cfg: DictConfig, stages: list) -> None:
     """The stages in order: size, state, estimated time; then the rates behind the estimates."""
-    from .pipeline import DRAFTERS
+    from .pipeline import DRAFTERS, ran_stages
 
-    state_path = Path(cfg.work_dir) / "pipeline" / f"{DRAFTERS[cfg.drafter_kind]}.json"
+    state_path = ran_stages(cfg)
     ran = json.loads(state_path.read_text()) if state_path.is_file() else {}
     print(f"Plan: {DRAFTERS[cfg.drafter_kind]} for {cfg.target.name} in {cfg.work_dir} "
           f"({torch.get_num_threads()} torch threads); measuring this machine ...", flush=True)

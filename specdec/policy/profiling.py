@@ -289,15 +289,16 @@ def _load(path: Path, key: dict) -> LatencyModel:
     return cached[1]
 
 
-def _profiled_for(path: Path, key: dict) -> bool:
-    """Whether the default file holds this setting's profile; one from another machine or an older
-    specdec (a shared or copied cache) is profiled again, with a warning."""
+def _default_profile(path: Path, key: dict) -> LatencyModel | None:
+    """The default file's profile if it is this setting's; None when there is none, or when it was made on
+    another machine or by an older specdec (a shared or copied cache), which is then profiled again."""
+    if not path.is_file():
+        return None
     try:
-        _load(path, key)
-        return True
+        return _load(path, key)
     except (ValueError, KeyError, json.JSONDecodeError) as error:
         log.warning("specdec: %s does not fit this setting (%s); profiling again", path, error)
-        return False
+        return None
 
 
 def latency_for(model, drafters: dict, given: LatencyModel | str | Path | None = None,
@@ -317,12 +318,13 @@ def latency_for(model, drafters: dict, given: LatencyModel | str | Path | None =
         loaded, save = given, given is _cache.get(path, (None, None))[1]
     elif given is not None:
         loaded, save = LatencyModel.load(given, key), False
-    elif path.is_file() and _profiled_for(path, key):
-        loaded, save = _load(path, key), True
+    elif (loaded := _default_profile(path, key)) is not None:
+        save = True
     elif profile_on_first_use:
-        log.warning("specdec: no latency profile for %s on this machine yet; profiling it now, once (40 s for "
-                    "SmolLM2-135M on 2 CPU cores; the bar shows the time left; `python -m specdec.policy.profile` makes a "
-                    "fuller one)", key["model"])
+        if not path.is_file():
+            log.warning("specdec: no latency profile for %s on this machine yet; profiling it now, once (40 s for "
+                        "SmolLM2-135M on 2 CPU cores; the bar shows the time left; `python -m specdec.policy.profile` "
+                        "makes a fuller one)", key["model"])
         clock = clock_for(model)
         started = clock()
         with torch.inference_mode():
