@@ -170,19 +170,26 @@ def test_greedy_stays_exact_with_a_real_drafter_in_batches(target):
 
 @pytest.mark.slow
 def test_sampled_output_is_the_targets_law_while_k_changes():
-    """Exact enumeration: a fresh SmartSpec per run changes k step to step; the law is exactly the target's."""
-    target, draft = models()
-    expected = exact_law(target, 3, specdec.SamplingConfig(do_sample=True))
+    """Exact enumeration: a fresh SmartSpec per run changes k step to step; the law is exactly the target's.
+
+    A four-token vocabulary keeps the enumeration to a couple of thousand runs.
+    """
+    target, draft = models(vocab=4)
+    prompt = torch.tensor([[1, 3, 2]])
+    expected = exact_law(target, 3, specdec.SamplingConfig(do_sample=True), prompt)
     latency = synthetic_latency(target, drafters.DraftModel(draft, 2).cost_name,
                                 verify=(1.0, 0.0, 0.02, 0.0, 0.1, 0.0, 0.0, 0.0))
+    depth_paths = set()
 
     def run(rng):
         policy = specdec.SmartSpec(max_depth=2, latency=latency, prior=0.6, decay=0.2)
-        out = specdec.generate(target, PROMPT, drafters.DraftModel(draft, 2), max_new_tokens=3, do_sample=True,
+        out = specdec.generate(target, prompt, drafters.DraftModel(draft, 2), max_new_tokens=3, do_sample=True,
                                eos_token_id=[], randomness=rng, speculation=policy)
+        depth_paths.add(tuple(tuple(step) for step in out.stats.depth_chosen))
         return generated(out)
 
     law = enumerate_law(run)
+    assert any(len(set(path)) > 1 for path in depth_paths), f"k never changed within a run: {depth_paths}"
     assert abs(sum(law.values()) - 1) < 1e-9
     assert max(abs(law[s] - expected[s]) for s in expected) < 1e-9
 
