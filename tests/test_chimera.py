@@ -184,7 +184,7 @@ def test_training_on_teacher_shards_lowers_the_loss_and_decodes_exactly(tmp_path
     loss_fn = make_loss(module, 2, 0.3, 0.8)
     evaluate = make_evaluate(loss_fn, data, 2, 4)
     before = evaluate(params)
-    cfg = TrainConfig(steps=80, batch_size=2, learning_rate=1e-2, warmup_steps=5, eval_every=80, checkpoint_every=80)
+    cfg = TrainConfig(steps=40, batch_size=2, learning_rate=1e-2, warmup_steps=5, eval_every=40, checkpoint_every=40)
     result = train(loss_fn, params, lambda s: data.batch([s % len(data), (s + 1) % len(data)]), cfg, evaluate,
                    progress=False)
     after = evaluate(result.params)
