@@ -55,16 +55,21 @@ def test_stdin_chat_files_and_sampling(model_dir, tmp_path):
         assert "tokens per step" in proc.stderr
 
 
-def test_bad_input_is_named(model_dir, tmp_path):
+def test_bad_input_is_named(model_dir, tmp_path, capsys):
+    """In-process (``python -m specdec`` calls the same ``main``): each mistake ends in a message, not a traceback.
+
+    The rest of the CLI's bad input is in test_bad_input.py's table."""
+    from test_bad_input import cli
+
     (tmp_path / "bad.json").write_text('{"role": "user"}')
-    proc = run("--model", str(model_dir), "--chat", str(tmp_path / "bad.json"))
-    assert proc.returncode != 0 and "list of" in proc.stderr
-    proc = run("--model", str(model_dir), "--drafter", "chimera", "hi")
-    assert proc.returncode != 0 and "specdec: " in proc.stderr and "not found" in proc.stderr
-    proc = run("--model", str(tmp_path / "nothing-here"), "hi")
-    assert proc.returncode != 0 and "unknown model" in proc.stderr and "Traceback" not in proc.stderr
-    proc = run("--help")
-    assert proc.returncode == 0 and "--drafter" in proc.stdout and "lossless" in proc.stdout
+    with pytest.raises(SystemExit, match="list of"):
+        cli("--model", str(model_dir), "--chat", str(tmp_path / "bad.json"))()
+    with pytest.raises(SystemExit, match="specdec: .*not found"):
+        cli("--model", str(model_dir), "--drafter", "chimera", "hi")()
+    with pytest.raises(SystemExit) as done:
+        specdec.cli.main(["--help"])
+    shown = capsys.readouterr().out
+    assert done.value.code == 0 and "--drafter" in shown and "lossless" in shown
 
 
 def test_interactive_chat_answers_each_turn_with_the_conversation_so_far(model_dir):
