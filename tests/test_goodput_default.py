@@ -8,7 +8,7 @@ from conftest import tiny_llama
 from exact_randomness import enumerate_law
 from scripted import noisy_copy
 from test_batch import PAD, VOCAB, expected_batch, prompts
-from test_sampling_lossless import PROMPT, exact_law, generated, models
+from test_sampling_lossless import exact_law, generated, models
 from test_smartspec import synthetic_latency
 
 import specdec
@@ -84,14 +84,15 @@ def test_the_goodput_policy_prunes_real_trees_and_stays_exact_with_eos(target):
 
 @pytest.mark.slow
 def test_sampled_law_is_exact_under_pruned_sampled_trees_and_a_broken_prune_is_caught():
-    """Exact enumeration on the six-token model: RSD's siblings drawn without replacement, pruned to a
+    """Exact enumeration on a four-token model: RSD's siblings drawn without replacement, pruned to a
     prefix of each sibling list, keep the target's law; keeping a later sibling without the first does not."""
-    target, draft = models()
-    expected = exact_law(target, 2, specdec.SamplingConfig(do_sample=True))
+    target, draft = models(vocab=4)
+    prompt = torch.tensor([[1, 3, 2]])
+    expected = exact_law(target, 2, specdec.SamplingConfig(do_sample=True), prompt)
 
     def law_with(rule):
         def run(rng):
-            out = specdec.generate(target, PROMPT, drafters.RecursiveTree(draft, (3, 2)), max_new_tokens=2,
+            out = specdec.generate(target, prompt, drafters.RecursiveTree(draft, (3, 2)), max_new_tokens=2,
                                    do_sample=True, eos_token_id=[], randomness=rng, speculation=KeepFirst(2, rule=rule))
             return generated(out)
         return enumerate_law(run)
