@@ -155,6 +155,7 @@ def test_chi_square_through_generate(method):
     law = exact_law(target, 3, SamplingConfig(do_sample=True))
     drafter = drafters.RecursiveTree(draft, (3, 2), method=method, beam_width=3)
     kwargs = dict(max_new_tokens=3, do_sample=True, eos_token_id=[])
-    samples = [generated(specdec.generate(target, PROMPT, drafter, seed=s, **kwargs)) for s in range(2000)]
+    # 1,000 seeded runs: the law itself is proven by enumeration above; this checks the real random draws
+    samples = [generated(specdec.generate(target, PROMPT, drafter, seed=s, **kwargs)) for s in range(1000)]
     assert chi_square_pvalue(samples, law) > 1e-3
-    assert chi_square_pvalue(samples_of(exact_law(draft, 3, SamplingConfig(do_sample=True)), 2000), law) < 1e-6
+    assert chi_square_pvalue(samples_of(exact_law(draft, 3, SamplingConfig(do_sample=True)), 1000), law) < 1e-6

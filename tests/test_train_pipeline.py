@@ -106,3 +106,15 @@ def test_pipeline_trains_a_chimera_for_an_hf_directory_that_decodes_exactly(tmp_
         expected = target.generate(ids, max_new_tokens=20, do_sample=False)
         got = specdec.generate(target, ids, drafters.load(export, target), max_new_tokens=20)
     assert torch.equal(got.sequences, expected)
+
+
+def test_the_plan_estimates_with_the_train_stage_overrides():
+    """--plan sizes the training step from the same overrides the train stage will get."""
+    from omegaconf import OmegaConf
+
+    from specdec.train.plan import with_overrides
+
+    base = OmegaConf.create({"row_length": 512, "optim": {"learning_rate": 1.0}})
+    out = with_overrides(base, ["row_length=128", "+optim.extra=2", "~optim.learning_rate"])
+    assert out.row_length == 128 and out.optim.extra == 2 and out.optim.learning_rate == 1.0
+    assert with_overrides(base, []) is base

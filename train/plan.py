@@ -95,6 +95,12 @@ def step_macs(trainer: str, config, train_cfg: DictConfig, vocab: int, batch_siz
     return tokens * (layers * layer + h * d) + batch_size * int(train_cfg.answers_per_row) * d * vocab
 
 
+def with_overrides(config: DictConfig, overrides) -> DictConfig:
+    """``config`` with a stage's ``key=value`` overrides applied (``+`` adds; ``~`` deletions are ignored)."""
+    pairs = [o.lstrip("+") for o in overrides if "=" in o and not o.startswith("~")]
+    return OmegaConf.merge(config, OmegaConf.from_dotlist(pairs)) if pairs else config
+
+
 def estimate(cfg: DictConfig) -> dict:
     """Seconds per stage from a short measurement (and the measured rates they came from)."""
     from hydra.utils import instantiate
@@ -129,7 +135,7 @@ def estimate(cfg: DictConfig) -> dict:
         share = min(max(c["estimated_positions"] / max(c["tokens"], 1), 0.05), 1.0)
     positions = int(s.positions) + int(s.valid_positions)
     trainer = DRAFTERS[cfg.drafter_kind]
-    train_cfg = OmegaConf.load(_config_dir() / "train" / f"{trainer}.yaml")
+    train_cfg = with_overrides(OmegaConf.load(_config_dir() / "train" / f"{trainer}.yaml"), cfg.overrides.train)
     batch = int(s.batch_size or train_cfg.optim.batch_size)
     flops = jax_flops()
     step = 6 * step_macs(trainer, model.config, train_cfg, int(s.vocab_size), batch) / flops  # forward + backward
