@@ -217,21 +217,19 @@ def check_conversion(source, source_tokenizer, converted, converted_tokenizer, n
 
     Run on every conversion before the cache entry appears, so a cache that exists has passed it.
     """
-    def ids(tok):
+    def ids(tok):  # the probe's ids, and its chat form's (None without a chat template)
         plain = tok(CONVERSION_PROBE, return_tensors="pt")["input_ids"]
-        if not getattr(tok, "chat_template", None):
-            return plain, None
-        chat = tok.apply_chat_template([{"role": "user", "content": CONVERSION_PROBE}], add_generation_prompt=True,
-                                       return_tensors="pt", return_dict=True)["input_ids"]
+        chat = None if not getattr(tok, "chat_template", None) else tok.apply_chat_template(
+            [{"role": "user", "content": CONVERSION_PROBE}], add_generation_prompt=True, return_tensors="pt",
+            return_dict=True)["input_ids"].tolist()
         return plain, chat
 
     (plain, chat), (plain2, chat2) = ids(source_tokenizer), ids(converted_tokenizer)
-    if not torch.equal(plain, plain2) or (chat is None) != (chat2 is None) or (chat is not None and
-                                                                                not torch.equal(chat, chat2)):
+    if not torch.equal(plain, plain2) or chat != chat2:
         raise RuntimeError(f"the converted {name} tokenises {CONVERSION_PROBE!r} (or its chat form) unlike its "
                            "GGUF; the cache entry was not written")
-    with torch.no_grad():
-        want, got = source.float()(plain).logits, converted(plain).logits
+    with torch.no_grad():  # both float32: load_gguf's default and the reload's dtype
+        want, got = source(plain).logits, converted(plain).logits
     gap = float((want - got).abs().max())
     if not gap <= 1e-4:
         raise RuntimeError(f"the converted {name}'s logits differ from its GGUF's by {gap:.3g} (> 1e-4) on "
