@@ -68,9 +68,17 @@ class Randomness:
         return u < prob
 
     def categorical(self, probs: torch.Tensor) -> torch.Tensor:
-        """One draw per row from ``probs`` [..., V]; returns indices of shape [...]."""
+        """One draw per row from ``probs`` [..., V]; returns indices of shape [...].
+
+        An inverse-CDF draw from one uniform per row (:func:`inverse_cdf_draw`): over Gemma 3's 262k
+        tokens ``torch.multinomial`` takes 7-9 ms a row on the development CPU, this under 1 ms.
+        """
         flat = probs.reshape(-1, probs.shape[-1])
-        drawn = torch.multinomial(flat, 1, generator=self.generator).squeeze(-1)
+        uniforms = torch.rand(flat.shape[0], generator=self.generator, dtype=torch.float64, device=probs.device)
+        drawn = inverse_cdf_draw(flat, uniforms)
+        bad = flat.gather(1, drawn[:, None])[:, 0] <= 0
+        if bool(bad.any()):  # float rounding at a block's edge landed on a token without mass: draw that row again
+            drawn[bad] = torch.multinomial(flat[bad], 1, generator=self.generator).squeeze(-1)
         return drawn.reshape(probs.shape[:-1])
 
     def without_replacement(self, probs: torch.Tensor, count: int) -> torch.Tensor:
@@ -90,6 +98,26 @@ class Randomness:
         """Independent standard Gumbel noise."""
         u = torch.rand(shape, generator=self.generator, dtype=dtype, device=device)
         return -torch.log(-torch.log(u.clamp_min(torch.finfo(dtype).tiny)))
+
+
+def inverse_cdf_draw(probs: torch.Tensor, uniforms: torch.Tensor) -> torch.Tensor:
+    """The token whose cumulative-mass interval holds ``uniforms`` [R] (in [0, 1)) x each row's mass.
+
+    ``probs`` [R, V] need not be normalised.  Two levels, so no full-length cumulative sum is built
+    (one over 262k entries costs milliseconds): the sums of blocks of about sqrt(V) tokens pick a
+    block, the cumulative sum inside it the token.  Tokens without mass own empty intervals and are
+    never returned, up to float rounding at a block's edge (the caller checks).
+    """
+    rows, vocab = probs.shape
+    block = 1 << max(0, vocab.bit_length() // 2)
+    blocks = torch.nn.functional.pad(probs, (0, (-vocab) % block)).view(rows, -1, block)
+    block_cdf = blocks.sum(dim=-1, dtype=torch.float64).cumsum(dim=-1)  # [R, nb]
+    target = uniforms.to(torch.float64)[:, None] * block_cdf[:, -1:]
+    chosen = torch.searchsorted(block_cdf, target, right=True).clamp_max(block_cdf.shape[1] - 1)  # [R, 1]
+    before = torch.where(chosen > 0, block_cdf.gather(1, (chosen - 1).clamp_min(0)), torch.zeros_like(target))
+    inner_cdf = blocks.gather(1, chosen[..., None].expand(rows, 1, block))[:, 0].to(torch.float64).cumsum(dim=-1)
+    inside = torch.searchsorted(inner_cdf, target - before, right=True).clamp_max(block - 1)
+    return (chosen * block + inside).squeeze(-1).clamp_max(vocab - 1)
 
 
 def seeded_randomness(seed: int | None, device="cpu") -> Randomness:

@@ -122,9 +122,9 @@ def test_a_copy_is_accepted_where_the_model_fails(target):
 REPEATING = torch.tensor([[1, 4, 2, 1, 4]])  # tails "4" and "1 4" occurred before: copies at every step
 
 
-def _hybrid_law(target, draft, length, residual=None, monkeypatch=None):
-    if residual is not None:
-        monkeypatch.setattr(acceptance, "residual", residual)
+def _hybrid_law(target, draft, length, residual_after_point_mass=None, monkeypatch=None):
+    if residual_after_point_mass is not None:
+        monkeypatch.setattr(acceptance, "residual_after_point_mass", residual_after_point_mass)
     kwargs = dict(max_new_tokens=length, do_sample=True, eos_token_id=[])
 
     def run(rng):
@@ -172,14 +172,9 @@ def test_a_mixed_tree_is_drafted_in_that_enumeration():
     assert mixed
 
 
-def _residual_kept_after_point_masses(r, proposal):
-    """Mutant of ``acceptance.residual``: a rejected point mass (a copy) leaves the running residual as it was."""
-    if bool((proposal == 1).any()):
-        return r
-    return _REAL_RESIDUAL(r, proposal)
-
-
-_REAL_RESIDUAL = acceptance.residual
+def _residual_kept_after_point_masses(r, x):
+    """Mutant of ``acceptance.residual_after_point_mass``: a rejected copy leaves the running residual as it was."""
+    return r
 
 
 def test_exact_check_fails_when_a_copy_leaves_the_residual_unchanged(monkeypatch):

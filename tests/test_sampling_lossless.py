@@ -133,3 +133,43 @@ def test_processed_probs_match_transformers_warpers():
         expected = warpers(None, logits.clone()).softmax(-1)
         actual = processed_probs(logits, SamplingConfig(True, t, k, p))
         assert torch.allclose(actual, expected, atol=1e-12)
+
+
+def test_inverse_cdf_draw_returns_the_token_whose_interval_holds_the_uniform():
+    """Against a brute-force cumulative sum over the whole row, for vocabularies that do and do not
+    fill the blocks; tokens without mass (including the last ones) are never returned."""
+    from specdec.sampling import inverse_cdf_draw
+
+    g = torch.Generator().manual_seed(3)
+    for vocab in (1, 6, 37, 1000):
+        probs = torch.rand(5, vocab, generator=g, dtype=torch.float64) * (torch.rand(5, vocab, generator=g) < 0.6)
+        probs[:, min(1, vocab - 1)] += 0.01  # every row has some mass
+        if vocab > 1:
+            probs[:, -1] = 0.0
+            probs[4, 0] = 0.0  # the last row draws u = 0: the first token with mass, not token 0
+        uniforms = torch.cat([torch.rand(5, generator=g, dtype=torch.float64)[:4], torch.tensor([0.0], dtype=torch.float64)])
+        cdf = probs.cumsum(-1)
+        expected = (cdf <= (uniforms * cdf[:, -1])[:, None]).sum(-1)  # first index whose cumulative mass passes u
+        drawn = inverse_cdf_draw(probs, uniforms)
+        assert torch.equal(drawn, expected)
+        assert bool((probs.gather(1, drawn[:, None]) > 0).all())
+
+
+def test_categorical_draws_follow_the_law_and_a_wrong_law_fails():
+    """Chi-square of seeded draws over 600 tokens against the law drawn from; the same test must reject
+    draws from a law with one token's mass moved (negative control)."""
+    from specdec.sampling import seeded_randomness
+
+    law = torch.randn(600, generator=torch.Generator().manual_seed(1), dtype=torch.float64).mul(2).softmax(-1)
+    law[::7] = 0.0
+    law = law / law.sum()
+    n = 20000
+    drawn = seeded_randomness(0).categorical(law[None].expand(n, -1).to(torch.float32))
+    assert not bool((law[drawn] == 0).any())  # tokens without mass are never drawn
+    as_dict = {token: float(p) for token, p in enumerate(law)}
+    assert chi_square_pvalue(drawn.tolist(), as_dict) > 1e-3
+    wrong = law.clone()
+    heaviest = int(law.argmax())
+    wrong[heaviest] *= 0.9
+    wrong[heaviest + 1] += law[heaviest] * 0.1
+    assert chi_square_pvalue(seeded_randomness(0).categorical(wrong[None].expand(n, -1).float()).tolist(), as_dict) < 1e-6
