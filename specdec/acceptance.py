@@ -28,7 +28,7 @@ from typing import Protocol
 
 import torch
 
-from .sampling import Randomness, SamplingConfig, processed_probs
+from .sampling import Randomness, SamplingConfig, law_dtype, processed_probs
 from .tree import DraftTree
 
 
@@ -72,8 +72,7 @@ class SlotLaws:
 
     def __init__(self, logits: torch.Tensor, sampling: SamplingConfig):
         self.logits, self.sampling = logits, sampling  # logits [B, 1+N, V]
-        self.shape = logits.shape
-        self.dtype = torch.float64 if logits.dtype == torch.float64 else torch.float32
+        self.dtype = law_dtype(logits.dtype)
         self._slots: dict[int, torch.Tensor] = {}
 
     def __getitem__(self, index: tuple[int, int]) -> torch.Tensor:
@@ -99,10 +98,6 @@ def acceptance_probability(r_x: torch.Tensor, q_x: torch.Tensor) -> torch.Tensor
     Rejecting such a token is still lossless: the residual max(0, r - q) equals r there.
     """
     return torch.where(q_x > 0, (r_x / q_x.clamp_min(torch.finfo(q_x.dtype).tiny)).clamp(max=1.0), torch.zeros_like(r_x))
-
-
-def _point_masses(tokens: torch.Tensor, vocab_size: int, dtype: torch.dtype) -> torch.Tensor:
-    return torch.nn.functional.one_hot(tokens, vocab_size).to(dtype)
 
 
 def deepest_passing_nodes(tree: DraftTree, passes: torch.Tensor) -> list[int]:
@@ -144,6 +139,7 @@ def speculative_sampling(
     p: torch.Tensor,
     rng: Randomness,
     valid: torch.Tensor | None = None,
+    copied: torch.Tensor | None = None,
 ) -> Acceptance:
     """Speculative sampling for a chain of k drafted tokens.
 
@@ -152,15 +148,18 @@ def speculative_sampling(
     after each draft.  Accept token i with probability min(1, p_i(x)/q_i(x)); at the first
     rejection draw from norm(max(0, p_i - q_i)); if all are accepted draw a bonus from p_k.
     ``valid`` [B, k] marks placeholders (a row's draft ended early): the row stops there and
-    draws from p, as if it had drafted nothing more.
+    draws from p, as if it had drafted nothing more.  ``copied`` [B, k] marks copies among drawn
+    drafts: point masses whatever ``q`` says there.  Point masses are never built over the
+    vocabulary: q_i(x) = 1, and a rejected one's row of the residual subtracts 1 at x.
     """
     b, k = draft_tokens.shape
-    vocab = p.shape[-1]
     if q is None:
-        q = _point_masses(draft_tokens, vocab, p.dtype)
-    q = q.to(p.dtype)
+        point = torch.ones_like(draft_tokens, dtype=torch.bool)
+    else:
+        point = copied if copied is not None else torch.zeros_like(draft_tokens, dtype=torch.bool)
     p_draft = p[:, :k].gather(2, draft_tokens[..., None]).squeeze(-1)  # [B, k]
-    q_draft = q.gather(2, draft_tokens[..., None]).squeeze(-1)
+    q_draft = torch.ones_like(p_draft) if q is None else q.gather(2, draft_tokens[..., None]).squeeze(-1).to(p.dtype)
+    q_draft = torch.where(point, torch.ones_like(q_draft), q_draft)
     if valid is None:
         valid = torch.ones_like(draft_tokens, dtype=torch.bool)
     chance = torch.where(valid, acceptance_probability(p_draft, q_draft), torch.zeros_like(p_draft))
@@ -168,11 +167,16 @@ def speculative_sampling(
     num_accepted = accept.long().cumprod(dim=1).sum(dim=1)  # leading accepts, per row
     rows = torch.arange(b, device=p.device)
     p_next = p[rows, num_accepted]  # [B, V]
-    rejected = num_accepted < k  # stopped before the chain's end...
-    if k:  # ...at a real draft (a placeholder subtracts nothing)
-        rejected = rejected & valid[rows, num_accepted.clamp(max=k - 1)]
     q_next = torch.zeros_like(p_next)
-    q_next[rejected] = q[rows[rejected], num_accepted[rejected]]
+    rejected = torch.zeros_like(num_accepted, dtype=torch.bool)
+    if k:  # stopped before the chain's end, at a real draft (a placeholder subtracts nothing)
+        at = num_accepted.clamp(max=k - 1)
+        rejected = (num_accepted < k) & valid[rows, at]
+        masses = rejected & point[rows, at]
+        drawn = rejected & ~masses
+        if q is not None:
+            q_next[drawn] = q[rows[drawn], at[drawn]].to(p.dtype)
+        q_next[rows[masses], draft_tokens[rows[masses], at[masses]]] = 1.0
     law = torch.where(rejected[:, None], residual(p_next, q_next), p_next)
     next_tokens = rng.categorical(law)
     paths = [list(range(int(a))) for a in num_accepted]
@@ -285,11 +289,8 @@ def accept(tree: DraftTree, verification: Verification, sampling: SamplingConfig
         return typical_accept(tree, processed_probs(verification.logits, sampling), rng, *typical)
     if not tree.is_chain:  # the walk visits few slots: their laws are processed as it reaches them
         return recursive_rejection_sampling(tree, SlotLaws(verification.logits, sampling), rng)
-    p = processed_probs(verification.logits, sampling)
-    q = tree.draft_probs
-    if q is not None and tree.copied is not None and bool(tree.copied.any()):  # copies are point masses
-        q = torch.where(tree.copied[..., None], _point_masses(tree.tokens, q.shape[-1], q.dtype), q)
-    return speculative_sampling(tree.tokens, q, p, rng, tree.valid)
+    return speculative_sampling(tree.tokens, tree.draft_probs, processed_probs(verification.logits, sampling), rng,
+                                tree.valid, tree.copied)
 
 
 @torch.no_grad()

@@ -30,14 +30,18 @@ class SamplingConfig:
             raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
 
 
+def law_dtype(logits_dtype: torch.dtype) -> torch.dtype:
+    """The dtype laws are computed in: float64 for float64 logits, else float32."""
+    return torch.float64 if logits_dtype == torch.float64 else torch.float32
+
+
 def processed_probs(logits: torch.Tensor, config: SamplingConfig) -> torch.Tensor:
     """The law a sampler draws from: softmax of temperature/top-k/top-p processed logits.
 
     Works on any leading shape; the last dimension is the vocabulary. Computed in float64
     when the logits are float64, else float32.
     """
-    dtype = torch.float64 if logits.dtype == torch.float64 else torch.float32
-    scores = logits.to(dtype) / config.temperature
+    scores = logits.to(law_dtype(logits.dtype)) / config.temperature
     if config.top_k and config.top_k < scores.shape[-1]:
         kth = torch.topk(scores, config.top_k, dim=-1).values[..., -1:]
         scores = scores.masked_fill(scores < kth, float("-inf"))

@@ -111,6 +111,27 @@ def test_speculative_sampling_point_mass_drafts_are_lossless():
     assert_laws_equal(first_token_law(enumerate_law(run)), p[0])
 
 
+@pytest.mark.parametrize("copy_at", [0, 1])
+def test_speculative_sampling_with_a_copy_among_drawn_drafts_is_lossless(copy_at):
+    """A chain mixing a copy (a fixed token, ``copied``) with a drawn draft: the copy is tested as a point
+    mass whatever ``q`` says at its position, and both emitted tokens follow the target's laws."""
+    p, q = chain_world(2, seed=9)
+    copied = torch.tensor([[i == copy_at for i in range(2)]])
+
+    def run(rng):
+        tokens = torch.tensor([[7 if i == copy_at else int(rng.categorical(q[i])) for i in range(2)]])
+        tree = DraftTree.chain(tokens, q[None].clone())
+        return emitted(speculative_sampling(tree.tokens, tree.draft_probs, p[None], rng, copied=copied), tree)
+
+    law = enumerate_law(run)
+    assert abs(sum(law.values()) - 1) < 1e-12
+    assert_laws_equal(first_token_law(law), p[0])
+    for first in range(V):
+        cond = second_token_law_given_first(law, first)
+        if cond.sum() > 0:
+            assert_laws_equal(cond, p[1])
+
+
 def test_chain_rules_agree():
     """On a chain, speculative sampling and recursive rejection sampling have the same output law."""
     p, q = chain_world(2, seed=7)
