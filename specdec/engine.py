@@ -192,7 +192,8 @@ class Decoding:
         remaining = [self.config.max_new_tokens - len(self.generated[i]) for i in cohort.ids]
         drafter = cohort.drafter
         context = StepContext(list(cohort.ids), [self.length(i) for i in cohort.ids], remaining,
-                              drafter.max_depth, drafter.num_tokens, getattr(drafter, "num_nodes", None))
+                              drafter.max_depth, drafter.num_tokens, getattr(drafter, "num_nodes", None),
+                              drafter.ready_sources() if drafter.free_sources else None)
         plan = self.policy.plan(context)
         if not isinstance(plan, SpeculationPlan) or len(plan.depth) != cohort.size:
             raise TypeError(f"{type(self.policy).__name__}.plan() must return a SpeculationPlan with one depth "

@@ -17,7 +17,9 @@ were removed); ``None`` means the tokens are deterministic guesses (top-k, n-gra
 which the acceptance rules treat as point masses.  A tree may mix the two (a hybrid of copies
 and a sampling draft model): ``copied`` marks the nodes that are deterministic copies, whose
 ``draft_probs`` rows are point masses at their tokens; they were not drawn from the model's law,
-so the model siblings drawn after them do not exclude their tokens.
+so the model siblings drawn after them do not exclude their tokens.  ``sources`` says, for a policy
+that learns acceptance per source, which source proposed each node (a hybrid's model and its
+classes of copies, see :class:`~specdec.drafters.hybrid.Hybrid`); the rules never read it.
 """
 from __future__ import annotations
 
@@ -34,6 +36,7 @@ class DraftTree:
     draft_probs: torch.Tensor | None = None  # [B, N, V]: law each node was drawn from, or None
     valid: torch.Tensor | None = None  # [B, N] bool: False at placeholder nodes a row lacks; None = all
     copied: torch.Tensor | None = None  # [B, N] bool: deterministic copies (point masses) among drawn nodes; None = none
+    sources: torch.Tensor | None = None  # [B, N] long: the source of each node (0: a model); None = 1 where copied, else 0
 
     def __post_init__(self):
         if self.tokens.dim() != 2:
@@ -58,6 +61,8 @@ class DraftTree:
             raise ValueError(f"DraftTree.valid must match tokens {tuple(self.tokens.shape)}, got {tuple(self.valid.shape)}")
         if self.copied is not None and self.copied.shape != self.tokens.shape:
             raise ValueError(f"DraftTree.copied must match tokens {tuple(self.tokens.shape)}, got {tuple(self.copied.shape)}")
+        if self.sources is not None and self.sources.shape != self.tokens.shape:
+            raise ValueError(f"DraftTree.sources must match tokens {tuple(self.tokens.shape)}, got {tuple(self.sources.shape)}")
         if self.draft_probs is not None and self.draft_probs.shape[:2] != self.tokens.shape:
             raise ValueError(
                 f"DraftTree.draft_probs must be [batch, nodes, vocab] matching tokens {tuple(self.tokens.shape)}, "
@@ -67,10 +72,11 @@ class DraftTree:
     # ---- construction -------------------------------------------------------------------
     @classmethod
     def chain(cls, tokens: torch.Tensor, draft_probs: torch.Tensor | None = None,
-              valid: torch.Tensor | None = None, copied: torch.Tensor | None = None) -> "DraftTree":
+              valid: torch.Tensor | None = None, copied: torch.Tensor | None = None,
+              sources: torch.Tensor | None = None) -> "DraftTree":
         """A chain of ``tokens.shape[1]`` nodes, each the child of the one before."""
         n = tokens.shape[1]
-        tree = cls(tokens, torch.arange(-1, n - 1, device=tokens.device), draft_probs, valid, copied)
+        tree = cls(tokens, torch.arange(-1, n - 1, device=tokens.device), draft_probs, valid, copied, sources)
         tree.__dict__["is_chain"] = True
         return tree
 
@@ -83,7 +89,8 @@ class DraftTree:
         """The trees of batch rows ``rows`` only."""
         pick = lambda t: None if t is None else t.index_select(0, rows)  # noqa: E731
         parents = self.parents[0] if self.shared_shape else pick(self.parents)
-        tree = DraftTree(pick(self.tokens), parents, pick(self.draft_probs), pick(self.valid), pick(self.copied))
+        tree = DraftTree(pick(self.tokens), parents, pick(self.draft_probs), pick(self.valid), pick(self.copied),
+                         pick(self.sources))
         if "is_chain" in self.__dict__:
             tree.__dict__["is_chain"] = self.is_chain
         return tree
@@ -108,7 +115,7 @@ class DraftTree:
 
     def _with_valid(self, valid: torch.Tensor) -> "DraftTree":
         parents = self.parents[0] if self.shared_shape else self.parents
-        tree = DraftTree(self.tokens, parents, self.draft_probs, valid, self.copied)
+        tree = DraftTree(self.tokens, parents, self.draft_probs, valid, self.copied, self.sources)
         if "is_chain" in self.__dict__:
             tree.__dict__["is_chain"] = self.is_chain
         return tree
@@ -138,10 +145,11 @@ class DraftTree:
         origin = torch.where(new_valid, order, torch.full_like(order, -1))
         tokens = self.tokens.gather(1, order)
         copied = None if self.copied is None else self.copied.gather(1, order) & new_valid
+        sources = None if self.sources is None else torch.where(new_valid, self.sources.gather(1, order), 0)
         if self.is_chain and bool((keep == (torch.cumsum(keep.long(), 1) == torch.arange(1, n + 1, device=device))).all()):
             tree = DraftTree.chain(tokens, None if self.draft_probs is None else
                                    self.draft_probs.gather(1, order[..., None].expand(-1, -1, self.draft_probs.shape[-1])),
-                                   None if bool(new_valid.all()) else new_valid, copied)
+                                   None if bool(new_valid.all()) else new_valid, copied, sources)
             return tree, origin
         # new index of every old node (-1 if dropped), then the parents in the new numbering
         renumber = torch.full((b, n + 1), -1, dtype=torch.long, device=device)  # column 0: the root (-1 -> -1)
@@ -156,7 +164,7 @@ class DraftTree:
             probs = self.draft_probs.gather(1, order[..., None].expand(-1, -1, self.draft_probs.shape[-1]))
         shared = bool((parents == parents[:1]).all()) and bool(new_valid.all())
         tree = DraftTree(tokens, parents[0] if shared else parents, probs, None if bool(new_valid.all()) else new_valid,
-                         copied)
+                         copied, sources)
         return tree, origin
 
     # ---- shape --------------------------------------------------------------------------
@@ -174,6 +182,14 @@ class DraftTree:
         if self.valid is None:
             return torch.ones_like(self.tokens, dtype=torch.bool)
         return self.valid
+
+    def node_sources(self) -> list[list[int]]:
+        """Each row's node sources as lists: ``sources``, else 1 at copied nodes and 0 elsewhere."""
+        if self.sources is not None:
+            return self.sources.tolist()
+        if self.copied is not None:
+            return [[int(x) for x in row] for row in self.copied.tolist()]
+        return [[0] * self.num_nodes for _ in range(self.batch_size)]
 
     @cached_property
     def valid_counts(self) -> list[int]:

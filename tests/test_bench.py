@@ -71,6 +71,7 @@ def test_default_run_writes_every_documented_field(default_run):
     assert doc["methods"] == ALL_METHODS and doc["baseline"] == "hf_generate"
     # no Medusa heads exist for the random tiny target: `methods=all` skips them and says why
     assert set(doc["skipped"]) == {"specdec_chimera", "specdec_hybrid_chimera", "specdec_hybrid_chimera_no_cache",
+                                  "specdec_hybrid_chimera_one_class",
                                   "specdec_medusa", "specdec_medusa_typical"}
     assert all("artifact" in why and "not found" in why for why in doc["skipped"].values())
     assert list(doc["by_category"]) == CATEGORIES == doc["dataset"]["categories"]

@@ -53,6 +53,43 @@ def test_select_and_take_rows_keep_the_copied_marks():
     assert tree.take_rows(torch.tensor([1])).copied.tolist() == [[False, False, True, False]]
 
 
+def test_sources_follow_the_copies_through_merging_selection_and_rows():
+    """Each copied node keeps the source of the copy that added it; the model's nodes stay source 0, also
+    where a copy ran through them (so the model's sibling ranks and acceptance are learnt as if alone)."""
+    model = DraftTree(torch.tensor([[5, 6, 7], [5, 6, 7]]), torch.tensor([-1, 0, -1]))
+    tree = merge_copies(model, [[[5, 6, 9], [8]], [[3, 4], [3, 2]]], [[3, 1], [2, 1]])
+    # row 0: 5 -> 6 (model nodes a class-3 copy ran through: marked copied, source 0), 9 below them (class 3),
+    # 8 (class 1), a placeholder;
+    # row 1: 3 -> 4 (class 2), then 2 below that 3 (class 1: the node it adds)
+    assert tree.sources.tolist() == [[0, 0, 0, 3, 1, 0], [0, 0, 0, 2, 2, 1]]
+    assert tree.copied.tolist() == [[True, True, False, True, True, False], [False, False, False, True, True, True]]
+    assert tree.node_sources() == tree.sources.tolist()
+    kept, _ = tree.select(torch.tensor([[True, True, True, False, True, False], [False, False, False, True, False, True]]))
+    assert kept.sources.tolist() == [[0, 0, 0, 1], [2, 1, 0, 0]]
+    assert tree.take_rows(torch.tensor([1])).sources.tolist() == [[0, 0, 0, 2, 2, 1]]
+    assert merge_copies(model, [[[8]], []]).node_sources() == [[0, 0, 0, 1], [0, 0, 0, 0]]  # default: class 1
+
+
+def test_copies_are_classed_by_how_long_a_tail_they_matched(target):
+    """A continuation found after a long match is source 1, one found after a single token the last class."""
+    from specdec.drafters.hybrid import copy_source
+
+    assert [copy_source(n, (4, 2, 1)) for n in (9, 4, 3, 2, 1)] == [1, 1, 2, 2, 3]
+    assert [copy_source(n, (1,)) for n in (5, 1)] == [1, 1]
+    hybrid = Hybrid(drafters.DraftModel(target, num_tokens=2), copy_tokens=3, candidates=2, suffix_cache=False)
+    # the tail [7, 8, 9, 10] occurred before (followed by 11, 12, 13); the tail [10] also after 40 (then 41)
+    prompt = torch.tensor([[7, 8, 9, 10, 11, 12, 13, 10, 41, 3, 7, 8, 9, 10]])
+    hybrid.start(target, prompt, torch.ones_like(prompt), None)
+    # matches, longest first: 4, 3 and 2 tokens (all then 11, 12, 13), 1 token (its latest occurrence: then 41)
+    assert hybrid._copies(0, 3) == [([11, 12, 13], 1), ([41, 3, 7], 3)]
+    one_class = Hybrid(drafters.DraftModel(target, num_tokens=2), copy_tokens=3, suffix_cache=False, copy_classes=(1,))
+    one_class.start(target, prompt, torch.ones_like(prompt), None)
+    assert one_class._copies(0, 3) == [([11, 12, 13], 1), ([41, 3, 7], 1)]
+    assert hybrid.source_priors()[1][0] > hybrid.source_priors()[3][0]
+    with pytest.raises(ValueError, match="copy_classes"):
+        Hybrid(drafters.DraftModel(target, num_tokens=2), copy_classes=(1, 2))
+
+
 # ---- greedy: identical to generate ----------------------------------------------------------------
 @pytest.fixture(scope="module")
 def target():
@@ -236,7 +273,7 @@ def test_hybrid_rejects_bad_arguments(target):
 
 # ---- the goodput policy splits the tree between the sources -----------------------------------------
 def test_goodput_copies_without_running_a_model_that_does_not_pay(target):
-    """With a dear, useless model and copies that match, the policy asks for copies alone (sources (1,)),
+    """With a dear, useless model and copies that match, the policy asks for copies alone (its free sources),
     the model is not run on those steps, and the output stays exact."""
     from test_smartspec import synthetic_latency
 
@@ -259,7 +296,24 @@ def test_goodput_copies_without_running_a_model_that_does_not_pay(target):
     policy.plan = lambda context: seen.append(real_plan(context)) or seen[-1]
     out = specdec.generate(target, ids, hybrid, max_new_tokens=40, eos_token_id=[], speculation=policy)
     assert torch.equal(out.sequences, ref)
-    copy_only = [p for p in seen if p.sources == (1,) and max(p.depth) > 0]
+    assert hybrid.free_sources == (1, 2, 3)  # the three classes of copies by match length
+    copy_only = [p for p in seen if p.sources == hybrid.free_sources and max(p.depth) > 0]
     assert len(copy_only) > len(seen) // 2
     full = [p for p in seen if p.sources is None and max(p.depth) > 0]
     assert Counting.calls == len(full)
+
+
+def test_the_policy_learns_each_class_of_copies_apart():
+    """Copies of a class that keeps being right earn the nodes; those of a class that keeps failing lose
+    them, though both hang below the root at rank 0 of their class."""
+    from specdec.policy.acceptance_rates import RankRates, geometric_prior
+    from specdec.policy.pruning import growth_order, path_values
+
+    rates = RankRates(geometric_prior([0.5]), decay=0.9, source_priors={1: geometric_prior([0.5]),
+                                                                        3: geometric_prior([0.5])})
+    parents, sources = [-1, 0, -1, 2], [1, 1, 3, 3]  # a class-1 chain, then a class-3 chain
+    for _ in range(20):
+        rates.observe(0, parents, [True] * 4, path=[0, 1], allowed=True, sources=sources)
+    values = path_values(parents, rates.rates_of(0), None, sources)
+    assert values[0] > 0.9 and values[1] > 0.8 and values[2] < 0.1
+    assert growth_order(parents, values, None, sources)[:2] == [0, 1]

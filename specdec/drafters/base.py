@@ -107,9 +107,19 @@ class Drafter(abc.ABC):
         return list(range(-1, reach - 1))
 
     def template_sources(self, depth: int) -> list[int] | None:
-        """The source of each node of :meth:`tree_template` (0: drawn by a model, 1: copied), for drafters
-        that mix sources (:class:`~specdec.drafters.hybrid.Hybrid`); None: one source."""
+        """The source of each node of :meth:`tree_template` (0: drawn by a model, 1 and up: copied), for
+        drafters that mix sources (:class:`~specdec.drafters.hybrid.Hybrid`); None: one source."""
         return None
+
+    def ready_sources(self) -> list[tuple[int, ...]] | None:
+        """Per row of the current batch, which of the :attr:`free_sources` would propose something if asked
+        now (a lookup costs next to nothing, so a policy may look before it plans); None: unknown."""
+        return None
+
+    def source_priors(self) -> dict[int, tuple[float, ...]]:
+        """Per source, the acceptance a policy assumes before it has observed any (by depth, the last one
+        for deeper levels); sources left out get the policy's own prior."""
+        return {}
 
     @property
     def cost_name(self) -> str:

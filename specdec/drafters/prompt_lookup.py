@@ -61,12 +61,17 @@ class NgramIndex:
     def continuations(self, num_tokens: int) -> list[list[int]]:
         """What followed the latest earlier occurrence of each matching tail, longest tail first
         (the first is :meth:`continuation`); the same continuation may appear more than once."""
+        return [chain for _, chain in self.matches(num_tokens)]
+
+    def matches(self, num_tokens: int) -> list[tuple[int, list[int]]]:
+        """``(n, continuation)`` for each tail of ``n`` tokens that occurred before, longest first:
+        the longer the match, the likelier the continuation is right."""
         length = len(self.tokens)
         out = []
         for n in range(min(self.max_ngram, length - 1), self.min_ngram - 1, -1):
             start = self.latest.get(tuple(self.tokens[length - n:]))
             if start is not None:
-                out.append(self.tokens[start + n: start + n + num_tokens])
+                out.append((n, self.tokens[start + n: start + n + num_tokens]))
         return out
 
     def copy(self) -> "NgramIndex":

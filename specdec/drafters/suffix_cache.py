@@ -98,6 +98,10 @@ class SuffixCache:
     # ---- reading --------------------------------------------------------------------------------
     def continuations(self, context: list[int], num_tokens: int) -> list[list[int]]:
         """What followed the latest stored occurrence of each of ``context``'s tails, longest first."""
+        return [chain for _, chain in self.matches(context, num_tokens)]
+
+    def matches(self, context: list[int], num_tokens: int) -> list[tuple[int, list[int]]]:
+        """``(n, continuation)`` for each of ``context``'s tails of ``n`` tokens stored before, longest first."""
         self.lookups += 1
         out = []
         for n in range(min(self.max_ngram, len(context)), self.min_ngram - 1, -1):
@@ -111,7 +115,7 @@ class SuffixCache:
                 continue  # a dropped document or a hash collision
             follow = text[start + n:start + n + num_tokens]
             if follow:
-                out.append(follow)
+                out.append((n, follow))
         if out:
             self.hits += 1
         return out

@@ -36,9 +36,10 @@ Probes that change nothing double the interval, up to ``4 * probe_every``.  The 
 after ``probe_every`` drafting steps in a row one step decodes plainly, so that the machine's speed
 (measured on plain steps) and a drafting width's own overhead stay apart (:mod:`specdec.policy.step_time`).
 
-A hybrid drafter (:class:`~specdec.drafters.hybrid.Hybrid`) proposes nodes of two sources, a
-model's draws and copies.  Acceptance is learnt per source (copies start from ``copy_prior``: once a
-copy's first token is right, the next ones usually are), the pruning ranks both sources' nodes by the
+A hybrid drafter (:class:`~specdec.drafters.hybrid.Hybrid`) proposes nodes of several sources, a
+model's draws and classes of copies.  Acceptance is learnt per source (copies start from the
+drafter's :meth:`~specdec.drafters.Drafter.source_priors`, else ``copy_prior``: once a copy's
+first token is right, the next ones usually are), the pruning ranks both sources' nodes by the
 same values, and the plan weighs one more option per depth: the drafter's *free* sources alone (copies,
 a dictionary lookup), which costs no draft time, is drafted to the full depth and left to the pruning.
 After ``probe_every`` copy-only steps in a row the model is weighed again.
@@ -84,7 +85,8 @@ class SmartSpec(SpeculationPolicy):
         copies = [copy_prior] if isinstance(copy_prior, (int, float)) else list(copy_prior)
         if not copies or any(not 0.0 <= float(p) <= 1.0 for p in copies):
             raise ValueError(f"copy_prior must be an acceptance rate in [0, 1] or a list of them, got {copy_prior!r}")
-        self.rates = RankRates(geometric_prior(priors), decay, row_weight, source_priors={1: geometric_prior(copies)})
+        self._copy_prior = geometric_prior(copies)
+        self.rates = RankRates(geometric_prior(priors), decay, row_weight, source_priors={1: self._copy_prior})
         self.profile_on_first_use = profile_on_first_use
         self.probe_every, self._idle, self._probe_interval, self._drafting = probe_every, 0, probe_every, 0
         self._free_steps = 0  # steps in a row that drafted only the drafter's free sources
@@ -114,6 +116,9 @@ class SmartSpec(SpeculationPolicy):
             self.latency = latency
         if self.drafter is not drafter:
             self._template = None
+            self.rates.source_priors.update({source: self._copy_prior for source in drafter.free_sources})
+            self.rates.source_priors.update({source: geometric_prior(rates)
+                                             for source, rates in drafter.source_priors().items()})
         self.drafter = drafter
         want = self.max_depth or int(drafter.num_tokens)  # the drafter's own depth bounds its trees
         self.depth_limit = want if drafter.max_depth is None else min(want, drafter.max_depth)
@@ -138,7 +143,8 @@ class SmartSpec(SpeculationPolicy):
         mean_context = sum(context.lengths) / b
         parents, depths, sources = self.template()
         widest = min(len(parents), self.node_limit)
-        rows = [self._ordered_values(s, parents, sources) for s in context.sequences]
+        ready = context.ready if context.ready is not None else [None] * b
+        rows = [self._ordered_values(s, parents, sources, r) for s, r in zip(context.sequences, ready)]
         free = self._free_nodes(parents, sources)
         choice = (0, 0, None, False)  # depth, width, goodput, free sources only
         for only_free in ([False] if free is None else [False, True]):
@@ -192,11 +198,14 @@ class SmartSpec(SpeculationPolicy):
                 free.add(node)
         return free or None
 
-    def _ordered_values(self, sequence: int, parents: list[int], sources: list[int]) -> tuple[list[float], list[int]]:
+    def _ordered_values(self, sequence: int, parents: list[int], sources: list[int],
+                        ready: tuple[int, ...] | None = None) -> tuple[list[float], list[int]]:
         """The template's node values for a row, each weighted by how often the row proposes a node of
         its source at all, and their growth order."""
         values = path_values(parents, self.rates.rates_of(sequence), None, sources)
         shares = {s: self.rates.proposes(sequence, s) for s in set(sources)}
+        if ready is not None:  # the drafter looked: its free sources propose now or not at all
+            shares.update({s: float(s in ready) for s in self.drafter.free_sources})
         values = [shares[s] * v for v, s in zip(values, sources)]
         return values, growth_order(parents, values, None, sources)
 
@@ -222,8 +231,7 @@ class SmartSpec(SpeculationPolicy):
         b, depth, context = step["batch"], step["depth"], step["context"]
         orders, gains = [], []
         valid_rows = tree.node_valid.tolist()
-        sources_rows = ([[int(x) for x in row] for row in tree.copied.tolist()] if tree.copied is not None
-                        else [[0] * tree.num_nodes] * b)  # each node's source: 1 for copies
+        sources_rows = tree.node_sources()  # each node's source: 0 for the model's, 1 and up for copies
         asked = self._asked(step)  # a copy-only step says nothing of the model
         step["proposed"] = [{s: any(v and k == s for v, k in zip(ok, kinds)) for s in asked}
                             for ok, kinds in zip(valid_rows, sources_rows)]  # per source asked for, before pruning
@@ -264,12 +272,13 @@ class SmartSpec(SpeculationPolicy):
         if report.tree is None or report.paths is None:
             return
         parents_rows, valid_rows = report.tree.parents.tolist(), report.tree.node_valid.tolist()
-        copied = report.tree.copied.tolist() if report.tree.copied is not None else None
+        sources_rows = (report.tree.node_sources()
+                        if report.tree.copied is not None or report.tree.sources is not None else None)
         proposed = step.get("proposed") if step is not None else None
         if proposed is None and step is not None and not report.tree.num_nodes:  # nothing proposed: no pruning saw it
             proposed = [dict.fromkeys(self._asked(step), False) for _ in report.sequences]
         for row, (sequence, depth) in enumerate(zip(report.sequences, report.depth)):
-            sources = None if copied is None else [int(x) for x in copied[row]]
+            sources = None if sources_rows is None else sources_rows[row]
             self.rates.observe(sequence, parents_rows[row], valid_rows[row], report.paths[row], allowed=depth > 0,
                                sources=sources, proposed=None if proposed is None else proposed[row])
 

@@ -36,6 +36,7 @@ class StepContext:
     max_depth: int | None  # the deepest tree the drafter can draft (None: any)
     default_depth: int  # the drafter's own depth (its num_tokens)
     default_nodes: int | None  # the drafter's own node budget per row (None: not a tree drafter)
+    ready: list[tuple[int, ...]] | None = None  # per row, the free sources that have something to propose now
 
     @property
     def batch_size(self) -> int:
