@@ -2,7 +2,7 @@
 
 Examples::
 
-    specdec "Why is the sky blue?"                                   # the best drafter packaged for the model, greedy
+    specdec "Why is the sky blue?"                                   # copies + the best drafter packaged for the model
     specdec --drafter chimera "Summarise: ..." --max-new-tokens 200
     specdec --chat chat.json --drafter draft_model --sample --temperature 0.7 --seed 0
     echo "Translate into French: good morning" | specdec --drafter none
@@ -14,8 +14,9 @@ plain text instead); ``--chat`` reads a JSON list of ``{"role", "content"}`` mes
 conversation as the prompt; the drafter (with a hybrid's suffix cache) and its policy are kept across
 turns, so later turns copy from earlier answers.
 
-With no ``--drafter`` the CLI picks: the packaged drafter made for the model that its card
-measured fastest (``specdec.drafters.packaged_for``), else prompt lookup; each step's tree is sized
+With no ``--drafter`` the CLI picks (``specdec.drafters.choose``): copies from the context merged with
+the packaged drafter made for the model that its card measured fastest (a ``Hybrid``), else prompt
+lookup (also where that card measured copying alone faster); each step's tree is sized
 by the goodput policy (``specdec.SmartSpec``) unless ``--speculation`` fixes a depth.  It prints one
 line saying what it chose and why.
 """
@@ -45,8 +46,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default="smollm2-135m-instruct",
                    help="a packaged model name, a local Hugging Face directory or a Hub id (default: %(default)s)")
     p.add_argument("--drafter", choices=DRAFTERS, default="auto",
-                   help="how tokens are drafted (default: auto, the fastest drafter packaged for the model, "
-                        "else prompt_lookup)")
+                   help="how tokens are drafted (default: auto, copies merged with the fastest drafter packaged "
+                        "for the model, else prompt_lookup)")
     p.add_argument("--draft-path", help="the drafter's artifact, a folder or a packaged name "
                                         "(default: the packaged <kind>-<model>)")
     p.add_argument("--speculation", default=None,

@@ -75,7 +75,8 @@ def test_the_cli_picks_the_fastest_packaged_drafter_else_prompt_lookup(smollm2_s
     drafter, why = build_drafter("auto", smollm2_shaped, "smollm2-135m-instruct", None)
     best = drafters.packaged_for(smollm2_shaped)[0][0]
     assert best in why and "fastest drafter packaged for this model" in why
-    assert type(drafter).__name__ == {"chimera": "Chimera", "medusa": "Medusa", "draft": "DraftModel"}[best.split("-")[0]]
+    assert isinstance(drafter, drafters.Hybrid) and "copies merged with" in why
+    assert type(drafter.model).__name__ == {"chimera": "Chimera", "medusa": "Medusa", "draft": "DraftModel"}[best.split("-")[0]]
     tiny = tiny_llama(64)
     tiny.config._name_or_path = "/models/tiny"
     drafter, why = build_drafter("auto", tiny, "tiny", None)
@@ -84,17 +85,22 @@ def test_the_cli_picks_the_fastest_packaged_drafter_else_prompt_lookup(smollm2_s
     assert build_drafter("none", tiny_llama(64), "tiny", None) == (None, "none (plain decoding)")
 
 
-def test_prompt_lookup_is_chosen_where_the_card_measured_it_faster(monkeypatch):
-    """A model that repeats itself (a base model's loops): the card of its best artifact says prompt lookup won."""
+def test_the_default_merges_copies_with_the_packaged_drafter_unless_copying_alone_won(monkeypatch):
+    """The default is the hybrid of copies and the packaged drafter its card ranks first; prompt lookup alone
+    where that card measured it faster than the model (a target that repeats itself)."""
     from specdec.drafters import artifacts
 
-    card = {"measured": {"speed_over_plain": 1.1, "prompt_lookup_over_plain": 1.6}}
-    monkeypatch.setattr(artifacts, "packaged_for", lambda target: [("chimera-x", card)])
-    drafter, why = artifacts.choose(tiny_llama(64))
+    tiny = tiny_llama(64)
+    cards = [("chimera-x", {"measured": {"speed_over_plain": 1.1, "prompt_lookup_over_plain": 1.6}}),
+             ("draft-x", {"measured": {"speed_over_plain": 1.0}})]
+    monkeypatch.setattr(artifacts, "packaged_for", lambda target: cards)
+    monkeypatch.setattr(artifacts, "load", lambda name, target: drafters.DraftModel(tiny, num_tokens=1 + (name == "chimera-x")))
+    drafter, why = artifacts.choose(tiny)
     assert isinstance(drafter, drafters.PromptLookup) and "1.60x" in why and "chimera-x" in why
-    card["measured"]["prompt_lookup_over_plain"] = 1.0
-    monkeypatch.setattr(artifacts, "load", lambda name, target: ("loaded", name))
-    assert artifacts.choose(tiny_llama(64))[0] == ("loaded", "chimera-x")
+    cards[0][1]["measured"]["prompt_lookup_over_plain"] = 1.0
+    drafter, why = artifacts.choose(tiny)
+    assert isinstance(drafter, drafters.Hybrid) and drafter.model.num_tokens == 2  # the first card's
+    assert "copies merged with chimera-x" in why and "1.10x" in why and "draft-x" in why
 
 
 @pytest.mark.slow

@@ -173,8 +173,13 @@ def load(artifact: str | Path | None, target: torch.nn.Module, self_draft_layers
 
 
 def choose(target: torch.nn.Module) -> tuple:
-    """The drafter a user gets without naming one, and why: the packaged artifact made for ``target``
-    that its card measured fastest, else prompt lookup (which needs no training)."""
+    """The drafter a user gets without naming one, and why: copies from the context merged with the
+    packaged artifact made for ``target`` that its card measured fastest (a :class:`Hybrid`, whose
+    goodput policy drafts with the model only on steps where it pays), else prompt lookup (which needs
+    no training), also where that card measured prompt lookup faster than its model (a target that
+    repeats itself, as Gemma 3 270M does, where the hybrid's larger trees cost more than its model
+    wins).  RESULTS.md (2026-12-07, fifth session) has the measurements behind both."""
+    from .hybrid import Hybrid
     from .prompt_lookup import PromptLookup
 
     found = packaged_for(target)
@@ -189,7 +194,8 @@ def choose(target: torch.nn.Module) -> tuple:
                                 f"which measured itself at {speed:.2f}x)")
     why = f"{speed:.2f}x plain decoding on its card" if speed else "no speed measured on its card"
     others = f"; also packaged for it: {', '.join(n for n, _ in found[1:])}" if len(found) > 1 else ""
-    return load(name, target), f"{name} (the fastest drafter packaged for this model: {why}{others})"
+    return Hybrid(load(name, target)), (f"copies merged with {name} (the fastest drafter packaged for this "
+                                        f"model: {why}{others})")
 
 
 def auto(target: torch.nn.Module):
