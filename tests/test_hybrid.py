@@ -317,3 +317,14 @@ def test_the_policy_learns_each_class_of_copies_apart():
     values = path_values(parents, rates.rates_of(0), None, sources)
     assert values[0] > 0.9 and values[1] > 0.8 and values[2] < 0.1
     assert growth_order(parents, values, None, sources)[:2] == [0, 1]
+
+
+def test_copy_acceptance_by_class_counts_what_a_greedy_target_would_keep():
+    """The study behind the classes' priors (bench/copy_classes.py), on hand-made answers."""
+    from specdec.bench.copy_classes import copy_acceptance
+
+    pairs = [([5, 6, 7, 8, 5, 6], [7, 8, 9]),  # copies 7 8 5 (2 right), 8 5 6 (1), 5 6 7 (0): all after 2+ tokens
+             ([3, 4, 3], [4])]  # 4 3 after a 1-token match: 1 right, then the answer ends
+    table = copy_acceptance(pairs, classes=(2, 1), candidates=1, copy_tokens=3)
+    assert table[1] == {"first": 0.75, "chains": 3, "rates": [0.667, 0.5, 0.0]}
+    assert table[2] == {"first": 0.25, "chains": 1, "rates": [1.0, 0.0, None]}

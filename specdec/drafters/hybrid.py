@@ -206,7 +206,8 @@ def copy_source(matched: int, classes: tuple[int, ...]) -> int:
 def copy_prior(least: int) -> tuple[float, float]:
     """Acceptance of a copy's first token and of each next one given the previous, for copies found after
     at least ``least`` matching tokens: rounded from SmolLM2's greedy answers to the packaged prompts
-    the benchmark does not time (the 3rd to 10th of each category; RESULTS.md, 2026-12-07 fifth session)."""
+    the benchmark does not time (``python -m specdec.bench.copy_classes``; RESULTS.md, 2026-12-07 fifth
+    session)."""
     if least >= 4:
         return (0.85, 0.9)
     if least >= 2:
