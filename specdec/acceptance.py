@@ -299,8 +299,11 @@ def greedy_targets(tree: DraftTree, verification: Verification) -> torch.Tensor:
 
     The first head call covers the root and, while it stays within the rows the head multiplies for
     about the cost of one (``verification.cheap_rows``, measured per machine), the first nodes too.  Beyond those, logits
-    are computed depth by depth only for nodes whose whole path so far matches in some row, so a
-    rejected draft costs no further output-head work.
+    are computed only below nodes whose whole path so far matches in some row, so a rejected draft
+    costs no further output-head work: at a depth where such nodes still lack theirs, one call covers
+    them and their descendants the next ``ahead - 1`` levels down, ``ahead`` doubling from 2 after every
+    call.  Every call reads the whole head (262k rows on Gemma 3), a row more costs a fraction of that,
+    so a long accepted path (a copied chain in a hybrid's tree) takes a few calls, not one per level.
     """
     b, n = tree.tokens.shape
     device = tree.tokens.device
@@ -315,6 +318,9 @@ def greedy_targets(tree: DraftTree, verification: Verification) -> torch.Tensor:
     valid = tree.node_valid
     reached = torch.zeros(b, n, dtype=torch.bool, device=device)
     always = torch.ones(b, 1, dtype=torch.bool, device=device)
+    never = torch.zeros(b, 1, dtype=torch.bool, device=device)
+    computed = torch.arange(n, device=device) + 1 < first  # per node: its slot's argmax is known
+    ahead = 2
     for depth in range(1, tree.max_depth + 1):
         expected = targets.gather(1, slots)
         parent_ok = torch.cat([always, reached], 1).gather(1, slots)
@@ -322,10 +328,15 @@ def greedy_targets(tree: DraftTree, verification: Verification) -> torch.Tensor:
         reached |= hit
         if not bool(hit.any()):
             break
-        need = hit.any(dim=0).nonzero().squeeze(-1)
-        need = need[need + 1 >= first]  # slots the first call did not cover
-        if need.numel():
-            targets[:, need + 1] = verification.logits_at(need + 1).argmax(-1)
+        if bool(computed[hit.any(dim=0)].all()):
+            continue
+        below = hit.clone()  # the matching nodes and, speculatively, their descendants ahead - 1 levels down
+        for level in range(depth + 1, min(depth + ahead, tree.max_depth + 1)):
+            below |= (tree.depth == level) & valid & torch.cat([never, below], 1).gather(1, slots)
+        need = (below.any(dim=0) & ~computed).nonzero().squeeze(-1)
+        targets[:, need + 1] = verification.logits_at(need + 1).argmax(-1)
+        computed[need] = True
+        ahead *= 2
     return targets
 
 

@@ -152,3 +152,35 @@ def test_greedy_targets_agree_with_full_argmax_across_batches(batch, shape):
         computed = [s for call in counting.calls for s in call]
         assert len(computed) == len(set(computed))  # no slot's logits computed twice
     assert len(accepted) >= 3  # the trials reached short and long accepted paths
+
+
+def test_a_long_accepted_path_in_a_tree_takes_few_head_calls():
+    """A copied chain of 7 tokens beside a sibling, all accepted: the head is called a few times (the look-ahead
+    doubles), not once per level, and the acceptance is the full argmax's."""
+    from specdec.acceptance import greedy_accept, greedy_targets
+
+    model = tiny_llama(16, seed=8)
+    prompt = torch.tensor([[3, 4, 5, 6, 7]])
+    parents = torch.tensor([-1, -1, 1, 2, 3, 4, 5, 6])  # node 0: a sibling; nodes 1-7: a chain
+    tokens = torch.zeros(1, 8, dtype=torch.long)
+
+    def verified():
+        tree = DraftTree(tokens, parents)
+        target = Target(model)
+        root, _ = target.prefill(prompt, torch.ones_like(prompt))
+        return tree, target.verify(root, tree)
+
+    for level in range(7):  # make the chain the target's own greedy continuation, one level per round
+        tree, verification = verified()
+        full = verification.logits.argmax(-1)
+        tokens[0, 1 + level] = full[0, 0 if level == 0 else level + 1]
+        tokens[0, 0] = (full[0, 0] + 1) % 16  # the sibling is wrong
+    tree, verification = verified()
+    full = verification.logits.argmax(-1)
+    counting = CountingVerification(verification)
+    counting.cheap_rows = 1  # the first call covers the root alone
+    lazy = greedy_targets(tree, counting)
+    assert greedy_accept(tree, lazy).paths == greedy_accept(tree, full).paths == [[1, 2, 3, 4, 5, 6, 7]]
+    assert len(counting.calls) <= 4, counting.calls  # root, then levels 1-2, 3-6, 7: not 1 + 7 calls
+    computed = [s for call in counting.calls for s in call]
+    assert len(computed) == len(set(computed)) and 1 not in computed  # the rejected sibling's slot is never computed
