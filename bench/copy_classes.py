@@ -15,7 +15,7 @@ import argparse
 import json
 from collections import defaultdict
 
-from specdec.drafters.hybrid import copy_source
+from specdec.drafters.hybrid import pick_copies
 from specdec.drafters.prompt_lookup import NgramIndex
 
 
@@ -33,13 +33,8 @@ def copy_acceptance(pairs: list[tuple[list[int], list[int]]], classes: tuple[int
         index = NgramIndex(list(prompt), max_ngram, 1)
         for t in range(len(answer)):
             positions += 1
-            found: list[list[int]] = []
-            for matched, chain in index.matches(copy_tokens):
-                if not chain or chain in found:
-                    continue
-                found.append(chain)
-                source = copy_source(matched, classes)
-                if len(found) == 1:
+            for rank, (chain, source) in enumerate(pick_copies(index.matches(copy_tokens), classes, candidates)):
+                if rank == 0:
                     firsts[source] += 1
                 right = 0
                 while right < len(chain) and t + right < len(answer) and chain[right] == answer[t + right]:
@@ -47,8 +42,6 @@ def copy_acceptance(pairs: list[tuple[list[int], list[int]]], classes: tuple[int
                 counts = reached[source]
                 for depth in range(right + 1):
                     counts[depth] += 1
-                if len(found) == candidates:
-                    break
             index.extend([answer[t]])
     out = {}
     for source in sorted(reached):

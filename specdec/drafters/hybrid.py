@@ -185,13 +185,20 @@ class Hybrid(Drafter):
         found = self._rows[row].matches(want)
         if self.suffix_cache is not None:
             found = found + self.suffix_cache.matches(self._rows[row].tokens, want)
-        out: list[tuple[list[int], int]] = []
-        for matched, chain in found:
-            if chain and all(chain != kept for kept, _ in out):
-                out.append((chain, copy_source(matched, self.copy_classes)))
-            if len(out) == self.candidates:
-                break
-        return out
+        return pick_copies(found, self.copy_classes, self.candidates)
+
+
+def pick_copies(found: list[tuple[int, list[int]]], classes: tuple[int, ...],
+                candidates: int) -> list[tuple[list[int], int]]:
+    """The first ``candidates`` distinct non-empty continuations of ``found`` (``(matched, continuation)``
+    pairs, in the order to try them), each with its source (:func:`copy_source`)."""
+    out: list[tuple[list[int], int]] = []
+    for matched, chain in found:
+        if chain and all(chain != kept for kept, _ in out):
+            out.append((chain, copy_source(matched, classes)))
+        if len(out) == candidates:
+            break
+    return out
 
 
 def copy_source(matched: int, classes: tuple[int, ...]) -> int:
@@ -237,11 +244,11 @@ def merge_copies(tree: DraftTree, chains: list[list[list[int]]], sources: list[l
     tokens_rows = tree.tokens.tolist()
     valid_rows = tree.node_valid.tolist()
     added: list[list[tuple[int, int, int]]] = []  # per row: (token, parent, source) of each new copied node
-    marked: list[dict[int, int]] = []  # per row: the tree's own nodes a copy ran through, and its source
+    marked: list[set[int]] = []  # per row: the tree's own nodes a copy ran through
     for row in range(b):
         below = {(parents_rows[row][i], tokens_rows[row][i]): i for i in range(n - 1, -1, -1) if valid_rows[row][i]}
         new: list[tuple[int, int, int]] = []
-        ran: dict[int, int] = {}
+        ran: set[int] = set()
         for c, chain in enumerate(chains[row]):
             source = 1 if sources is None else int(sources[row][c])
             parent = -1
@@ -252,10 +259,10 @@ def merge_copies(tree: DraftTree, chains: list[list[list[int]]], sources: list[l
                     new.append((token, parent, source))
                     below[(parent, token)] = node
                 elif node < n:
-                    ran.setdefault(node, source)
+                    ran.add(node)
                 parent = node
         added.append(new)
-        marked.append(ran if tree.draft_probs is None else {})
+        marked.append(ran if tree.draft_probs is None else set())
     extra = max((len(a) for a in added), default=0)
     if not extra and not any(marked):
         return tree
@@ -275,8 +282,8 @@ def merge_copies(tree: DraftTree, chains: list[list[list[int]]], sources: list[l
             valid[row, n:n + len(new)] = True
             copied[row, n:n + len(new)] = True
             node_sources[row, n:n + len(new)] = torch.tensor([s for _, _, s in new])
-        for node in marked[row]:
-            copied[row, node] = True  # (its source stays the model's: see the docstring)
+        if marked[row]:
+            copied[row, sorted(marked[row])] = True  # (their source stays the model's: see the docstring)
     probs = None
     if tree.draft_probs is not None:
         vocab = tree.draft_probs.shape[-1]
