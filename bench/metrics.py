@@ -7,8 +7,9 @@ last four None where a method has no such measure).
 Timings: each prompt's repeats collapse to their median first (a run slowed by a burst of other
 load is outvoted), then totals over prompts, then ratios of totals, as Spec-Bench reports them:
 
-- ``seconds`` = sum over prompts of the median seconds; ``new_tokens`` and ``target_forwards``
-  likewise (medians of counts that repeats reproduce anyway)
+- ``seconds`` = sum over prompts of the median seconds per token (each run's own seconds over its
+  own tokens) times the prompt's median token count; ``new_tokens`` and ``target_forwards`` are
+  per-prompt medians (greedy repeats reproduce them; sampled ones end at different lengths)
 - ``tokens_per_second`` = new_tokens / seconds
 - ``speedup`` = baseline seconds per token / method seconds per token, both from per-prompt
   medians over the prompts the two share
@@ -40,16 +41,27 @@ METRICS = ("prompts", "runs", "new_tokens", "seconds", "tokens_per_second", "tok
 
 def per_prompt(rows: list[dict]) -> dict[str, dict]:
     """``{prompt_id: {seconds, fastest, slowest, new_tokens, target_forwards}}``: each prompt's repeats
-    collapsed (median seconds, their min and max, median counts)."""
+    collapsed (median counts; times at the median length).
+
+    Times are taken per token from each run's own seconds and tokens, then scaled to the prompt's
+    median length: ``seconds`` = median seconds per token x ``new_tokens``, ``fastest`` / ``slowest``
+    the least and most.  Greedy repeats have one length, so this is the median of their seconds;
+    sampled repeats end at different lengths, and pairing one run's seconds with another's token
+    count (a 30-token run's time over a 128-token run's count) would mix two runs into one number.
+    """
     groups = defaultdict(list)
     for r in rows:
         groups[r["prompt_id"]].append(r)
-    return {p: {"seconds": statistics.median(r["seconds"] for r in runs),
-                "fastest": min(r["seconds"] for r in runs),
-                "slowest": max(r["seconds"] for r in runs),
-                "new_tokens": statistics.median_low(r["new_tokens"] for r in runs),
-                "target_forwards": statistics.median_low(r["target_forwards"] for r in runs)}
-            for p, runs in groups.items()}
+    out = {}
+    for p, runs in groups.items():
+        tokens = statistics.median_low(r["new_tokens"] for r in runs)
+        per_token = [r["seconds"] / max(r["new_tokens"], 1) for r in runs]
+        out[p] = {"seconds": statistics.median(per_token) * tokens if tokens else statistics.median(r["seconds"] for r in runs),
+                  "fastest": min(per_token) * tokens if tokens else min(r["seconds"] for r in runs),
+                  "slowest": max(per_token) * tokens if tokens else max(r["seconds"] for r in runs),
+                  "new_tokens": tokens,
+                  "target_forwards": statistics.median_low(r["target_forwards"] for r in runs)}
+    return out
 
 
 def method_metrics(rows: list[dict], baseline_rows: list[dict]) -> dict:

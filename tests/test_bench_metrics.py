@@ -127,3 +127,14 @@ def test_counts_are_per_pass_and_equivalence_counts_runs():
     m = metrics.method_metrics(runs, runs)
     assert m["new_tokens"] == 10 and m["target_forwards"] == 10 and m["mean_accepted_tokens"] == 1.0
     assert m["equivalence"] == 2 / 3
+
+
+def test_sampled_repeats_of_different_lengths_keep_each_runs_own_time_per_token():
+    """A run that stopped early (EOS at 30 tokens in 3 s) and two full ones (128 tokens in 10-12 s): the
+    prompt's time is its median seconds per token at the median length, never one run's seconds over
+    another's count (3 s / 128 tokens, or 12 s / 30 tokens)."""
+    runs = [dict(rec("p", "c", "m", n, s), repeat=i) for i, (n, s) in enumerate([(30, 3.0), (128, 10.0), (128, 12.0)])]
+    prompt = metrics.per_prompt(runs)["p"]
+    assert prompt["new_tokens"] == 128
+    assert prompt["seconds"] == pytest.approx(12.0)  # per token 0.1, 0.078, 0.094: median 0.094 x 128
+    assert prompt["fastest"] == pytest.approx(10.0) and prompt["slowest"] == pytest.approx(12.8)
