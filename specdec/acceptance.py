@@ -7,7 +7,7 @@ from the residual after a rejection, or the bonus token after an accepted leaf).
 
 Lossless rules:
 * :func:`greedy_accept` — longest path whose tokens equal the target's argmax.
-* :func:`speculative_sampling` — chains (Leviathan et al.; Chen et al.): accept x with
+* :func:`speculative_sampling` — chains, vectorised (Leviathan et al.; Chen et al.): accept x with
   probability min(1, p(x)/q(x)); at the first rejection draw from the residual.
 * :func:`recursive_rejection_sampling` — trees (Jeon et al., RSD; SpecTr for point masses):
   children are tested in draw order against a running residual; a child drawn without
@@ -18,8 +18,10 @@ Lossless rules:
 
 Lossy, opt-in: :func:`typical_accept` (Medusa's typical acceptance).
 
-:func:`accept` picks the rule for a step; :func:`greedy_targets` computes the target's argmax
-only where greedy acceptance can reach.  Trees may differ in shape from row to row.
+:func:`accept` picks the rule for a step: sampled steps, chains included, walk the tree
+(on a chain that walk is speculative sampling) over :class:`SlotLaws`, which computes the target's
+head only at the slots the walk reaches, as :func:`greedy_targets` does for greedy acceptance.
+Trees may differ in shape from row to row.
 """
 from __future__ import annotations
 
@@ -68,19 +70,64 @@ class SlotLaws:
 
     Recursive rejection sampling reads the root's law and those of the nodes it accepts, usually a
     few slots of a tree; over a 262k vocabulary each law processed costs about a third of a millisecond.
+
+    ``logits``: a [B, 1+N, V] tensor, or a :class:`Verification` with ``tree``, whose logits are then
+    computed on demand too, as :func:`greedy_targets` computes them: the output head reads its whole
+    matrix on every call (SmolLM2's 113 MB: 7-10 ms a call on 2 CPU cores for 1-4 rows, 20-28 ms for
+    12-24), so a tree's every slot at once costs two to three calls' worth where a walk usually needs one
+    or two.  The first call covers the root and, while they cost about as much as one row
+    (``verification.cheap_rows``), the first nodes; a slot asked for later comes with its descendants
+    ``ahead - 1`` levels down, at most twice as many slots as the call before, ``ahead`` doubling from 2.
     """
 
-    def __init__(self, logits: torch.Tensor, sampling: SamplingConfig):
-        self.logits, self.sampling = logits, sampling  # logits [B, 1+N, V]
-        self.dtype = law_dtype(logits.dtype)
+    def __init__(self, logits, sampling: SamplingConfig, tree: DraftTree | None = None):
+        self.sampling = sampling
         self._slots: dict[int, torch.Tensor] = {}
+        if isinstance(logits, torch.Tensor):
+            self.logits, self.verification = logits, None  # logits [B, 1+N, V]
+            self.dtype = law_dtype(logits.dtype)
+            return
+        if tree is None:
+            raise ValueError("SlotLaws over a verification needs the tree, to look ahead below the slots asked for")
+        self.logits, self.verification, self.tree = None, logits, tree
+        self.calls, self._ahead = 0, 2
+        self._most = max(1, int(logits.cheap_rows) // max(1, tree.batch_size))  # slots per call, doubling
+        self._compute(list(range(min(tree.num_nodes + 1, self._most))))
 
     def __getitem__(self, index: tuple[int, int]) -> torch.Tensor:
         row, slot = index
         slot = int(slot)
         if slot not in self._slots:
-            self._slots[slot] = processed_probs(self.logits[:, slot], self.sampling)
+            if self.verification is None:
+                self._slots[slot] = processed_probs(self.logits[:, slot], self.sampling)
+            else:
+                self._compute(self._with_descendants(slot))
         return self._slots[slot][row]
+
+    def _with_descendants(self, slot: int) -> list[int]:
+        """``slot`` and, breadth first, the slots below it in any row ``ahead - 1`` levels down that are not
+        computed yet, at most ``2 * _most`` slots in all."""
+        self._most *= 2
+        wanted, level = [slot], [slot]
+        valid = self.tree.node_valid.tolist()
+        for _ in range(self._ahead - 1):
+            below = []
+            for s in level:
+                for row, kids in enumerate(self.tree.children):
+                    below += [node + 1 for node in kids[s] if valid[row][node] and node + 1 not in self._slots]
+            level = [s for s in dict.fromkeys(below) if s not in wanted]
+            wanted += level[: self._most - len(wanted)]
+            if len(wanted) >= self._most or not level:
+                break
+        self._ahead *= 2
+        return wanted
+
+    def _compute(self, slots: list[int]) -> None:
+        logits = self.verification.logits_at(torch.tensor(slots, device=self.tree.tokens.device))
+        self.dtype = law_dtype(logits.dtype)
+        for i, slot in enumerate(slots):
+            self._slots[slot] = processed_probs(logits[:, i], self.sampling)
+        self.calls += 1
 
 
 def residual_after_point_mass(r: torch.Tensor, x: int) -> torch.Tensor:
@@ -287,10 +334,8 @@ def accept(tree: DraftTree, verification: Verification, sampling: SamplingConfig
         return greedy_accept(tree, greedy_targets(tree, verification))
     if typical is not None:
         return typical_accept(tree, processed_probs(verification.logits, sampling), rng, *typical)
-    if not tree.is_chain:  # the walk visits few slots: their laws are processed as it reaches them
-        return recursive_rejection_sampling(tree, SlotLaws(verification.logits, sampling), rng)
-    return speculative_sampling(tree.tokens, tree.draft_probs, processed_probs(verification.logits, sampling), rng,
-                                tree.valid, tree.copied)
+    # chains too (on a chain the walk is speculative sampling): the head is computed only where the walk goes
+    return recursive_rejection_sampling(tree, SlotLaws(verification, sampling, tree), rng)
 
 
 @torch.no_grad()

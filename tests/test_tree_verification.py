@@ -184,3 +184,44 @@ def test_a_long_accepted_path_in_a_tree_takes_few_head_calls():
     assert len(counting.calls) <= 4, counting.calls  # root, then levels 1-2, 3-6, 7: not 1 + 7 calls
     computed = [s for call in counting.calls for s in call]
     assert len(computed) == len(set(computed)) and 1 not in computed  # the rejected sibling's slot is never computed
+
+
+@pytest.mark.parametrize("batch", [1, 3])
+def test_sampled_acceptance_computes_the_head_where_the_walk_goes(batch):
+    """Recursive rejection sampling over a verification: the laws it reads are the full logits' (the same
+    acceptance for the same coins); a walk that stops at the root or one level down computes the head
+    for a few slots, not the tree's every one, and a 5-deep walk takes at most 4 calls."""
+    from specdec.acceptance import SlotLaws, recursive_rejection_sampling
+    from specdec.sampling import Randomness, SamplingConfig
+
+    model = tiny_llama(16, seed=7)
+    prompt = torch.randint(1, 16, (batch, 5), generator=torch.Generator().manual_seed(batch))
+    parents = torch.tensor([-1, -1, 0, 0, 1, 2, 4, 6, 7, -1, 9, 10])  # three branches below the root
+    tokens = torch.randint(1, 16, (batch, 12), generator=torch.Generator().manual_seed(2))
+
+    def verified():
+        target = Target(model)
+        root, _ = target.prefill(prompt, torch.ones_like(prompt))
+        return target.verify(root, DraftTree(tokens, parents))
+
+    for node in (1, 4, 6, 7, 8):  # the second branch follows the target's argmax: walks go deep there
+        tokens[:, node] = verified().logits.argmax(-1)[:, int(parents[node]) + 1]
+    tree, verification = DraftTree(tokens, parents), verified()
+    sampling = SamplingConfig(do_sample=True, temperature=0.02)
+    depths = []
+    for seed in range(8):
+        counting = CountingVerification(verification)
+        counting.cheap_rows = batch  # one slot in the first call
+        full = recursive_rejection_sampling(tree, SlotLaws(verification.logits, sampling),
+                                            Randomness(torch.Generator().manual_seed(seed)))
+        lazy = recursive_rejection_sampling(tree, SlotLaws(counting, sampling, tree),
+                                            Randomness(torch.Generator().manual_seed(seed)))
+        assert lazy.paths == full.paths and torch.equal(lazy.next_tokens, full.next_tokens)
+        computed = [s for call in counting.calls for s in call]
+        assert len(computed) == len(set(computed))  # no slot twice
+        deepest = max(len(path) for path in full.paths)
+        depths.append(deepest)
+        if deepest <= 1:  # per row: the root, then an accepted child with one below it; never all 13 slots
+            assert len(computed) <= 3 if batch == 1 else len(computed) < tree.num_nodes + 1, counting.calls
+        assert len(counting.calls) <= 4, counting.calls  # 1, 2, 4 and 8 slots at most: a 5-deep walk takes 4
+    assert max(depths) >= 3  # deep walks occurred
