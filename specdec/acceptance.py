@@ -106,7 +106,7 @@ class SlotLaws:
 
     def _with_descendants(self, slot: int) -> list[int]:
         """``slot`` and, breadth first, the slots below it in any row ``ahead - 1`` levels down that are not
-        computed yet, at most ``2 * _most`` slots in all."""
+        computed yet: at most twice as many slots as the call before (``_most``, doubled here)."""
         self._most *= 2
         wanted, level = [slot], [slot]
         valid = self.tree.node_valid.tolist()
