@@ -55,10 +55,9 @@ def per_prompt(rows: list[dict]) -> dict[str, dict]:
     out = {}
     for p, runs in groups.items():
         tokens = statistics.median_low(r["new_tokens"] for r in runs)
-        per_token = [r["seconds"] / max(r["new_tokens"], 1) for r in runs]
-        out[p] = {"seconds": statistics.median(per_token) * tokens if tokens else statistics.median(r["seconds"] for r in runs),
-                  "fastest": min(per_token) * tokens if tokens else min(r["seconds"] for r in runs),
-                  "slowest": max(per_token) * tokens if tokens else max(r["seconds"] for r in runs),
+        # each run's seconds at the median length (no tokens at all: the seconds as they are)
+        times = [r["seconds"] / max(r["new_tokens"], 1) * tokens if tokens else r["seconds"] for r in runs]
+        out[p] = {"seconds": statistics.median(times), "fastest": min(times), "slowest": max(times),
                   "new_tokens": tokens,
                   "target_forwards": statistics.median_low(r["target_forwards"] for r in runs)}
     return out

@@ -90,6 +90,7 @@ class SlotLaws:
         if tree is None:
             raise ValueError("SlotLaws over a verification needs the tree, to look ahead below the slots asked for")
         self.logits, self.verification, self.tree = None, logits, tree
+        self._valid = tree.node_valid.tolist()
         self.calls, self._ahead = 0, 2
         self._most = max(1, int(logits.cheap_rows) // max(1, tree.batch_size))  # slots per call, doubling
         self._compute(list(range(min(tree.num_nodes + 1, self._most))))
@@ -109,7 +110,7 @@ class SlotLaws:
         computed yet: at most twice as many slots as the call before (``_most``, doubled here)."""
         self._most *= 2
         wanted, level = [slot], [slot]
-        valid = self.tree.node_valid.tolist()
+        valid = self._valid
         for _ in range(self._ahead - 1):
             below = []
             for s in level:
