@@ -8,7 +8,7 @@ import specdec.target.head
 import specdec.target.kernels
 from specdec.target.kernels import FALLBACK, Kernels, kernels_for
 from specdec.policy.latency import LatencyModel, Regression, default_path, latency_key
-from specdec.policy.profiling import measure_kernels
+from specdec.policy.kernel_profile import cut_over, interleaved_medians, measure_kernels, padding
 from specdec.target.verifier import Target
 
 
@@ -45,3 +45,57 @@ def test_a_target_uses_the_kernels_stored_with_its_profile(model, monkeypatch):
     default_path(key).unlink()
     specdec.generate(model, ids, None, max_new_tokens=3)
     assert calls  # the fallback multiplies few rows as W @ x.T again
+
+
+class DriftingMachine:
+    """A clock and calls on a machine that slows down as it runs (each call costs more than the last),
+    with one reading hit by a spike."""
+
+    def __init__(self, spike_at: int):
+        self.now, self.calls, self.spike_at = 0.0, 0, spike_at
+
+    def clock(self) -> float:
+        return self.now
+
+    def call(self, cost: float):
+        def run():
+            self.calls += 1
+            self.now += cost * (1 + 0.01 * self.calls) + (100.0 if self.calls == self.spike_at else 0.0)
+        return run
+
+
+def test_interleaved_medians_see_the_same_machine_for_every_case():
+    """Equal work reads equal under drift, a spike is dropped, unequal work keeps its order; timed one
+    case after another (the old way) the drift alone makes the last of three equal cases read 50% dearer."""
+    machine = DriftingMachine(spike_at=20)
+    runs = {name: machine.call(1.0) for name in "abc"} | {"double": machine.call(2.0)}
+    ticks = []
+    seconds = interleaved_medians(runs, rounds=9, clock=machine.clock, tick=ticks.append)
+    assert max(seconds[n] for n in "abc") < 1.06 * min(seconds[n] for n in "abc")
+    assert all(seconds[n] < 10 for n in seconds)  # the spike's round is not the median
+    assert 1.8 < seconds["double"] / seconds["a"] < 2.2
+    assert sum(ticks) == 4 * 10  # a warm-up call and 9 rounds of each case
+    sequential = DriftingMachine(spike_at=0)
+    one_by_one = {}
+    for name in "abc":
+        run = sequential.call(1.0)
+        times = []
+        for _ in range(10):
+            started = sequential.clock()
+            run()
+            times.append(sequential.clock() - started)
+        one_by_one[name] = sorted(times)[5]
+    assert one_by_one["c"] > 1.15 * one_by_one["a"]  # what interleaving avoids
+    with pytest.raises(ValueError, match="rounds"):
+        interleaved_medians(runs, rounds=0, clock=machine.clock)
+
+
+def test_the_cut_over_takes_the_cheapest_total_not_the_first_loss():
+    """At one row both paths tie; reading the tie as a loss sent every row count to the path twice as slow."""
+    rows = [1, 2, 4, 8]
+    few = {1: 1.01, 2: 1.0, 4: 1.0, 8: 2.0}
+    plain = {1: 1.0, 2: 2.0, 4: 2.0, 8: 2.1}
+    assert cut_over(rows, few, plain) == 8
+    assert cut_over(rows, {r: 3.0 for r in rows}, plain) == 0  # few-row products never pay: none
+    assert cut_over(rows, few, {1: 1.0, 2: 2.0, 4: 2.0, 8: 1.0}) == 4
+    assert padding([1, 2, 3, 4, 6], {1: 1.0, 2: 0.9, 3: 1.3, 4: 1.0, 6: 1.6}) == {1: 2, 3: 4}

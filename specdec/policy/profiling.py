@@ -1,15 +1,15 @@
 """Timing what a speculation policy weighs, and the product paths a target's forward should take.
 
 :func:`profile` first measures this machine's :class:`~specdec.target.kernels.Kernels` for the model
-(:func:`measure_kernels`), then, with those kernels in effect, times ``Target.verify`` of n draft
-nodes for a grid of batch sizes B, node counts n and contexts C (plus the output head at the root,
-what greedy decoding pays at the least) and a drafter's draft seconds per step at depths k and
-batch sizes B (from ``specdec.generate`` runs with ``speculation=k``), interleaved and repeated
-(medians), and fits a :class:`~specdec.policy.latency.LatencyModel` that holds the kernels too.
-``quick=True`` profiles a small grid (what SmartSpec does on first use, with a progress bar);
-``python -m specdec.policy.profile`` runs the full grid.  :func:`latency_for` finds the profile a policy
-needs: given, on disk, or made now.  Every time read comes from :class:`~specdec.clock.Clock`,
-which synchronises an accelerator before each reading.
+(:func:`specdec.policy.kernel_profile.measure_kernels`), then, with those kernels in effect, times
+``Target.verify`` of n draft nodes for a grid of batch sizes B, node counts n and contexts C (plus
+the output head at the root, what greedy decoding pays at the least) and a drafter's draft seconds
+per step at depths k and batch sizes B (from ``specdec.generate`` runs with ``speculation=k``),
+interleaved and repeated (medians), and fits a :class:`~specdec.policy.latency.LatencyModel` that
+holds the kernels too.  ``quick=True`` profiles a small grid (what SmartSpec does on first use,
+with a progress bar); ``python -m specdec.policy.profile`` runs the full grid.  :func:`latency_for`
+finds the profile a policy needs: given, on disk, or made now.  Every time read comes from
+:class:`~specdec.clock.Clock`, which synchronises an accelerator before each reading.
 """
 from __future__ import annotations
 
@@ -21,9 +21,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..clock import Clock, clock_for
-from ..target.head import few_rows_product
-from ..target.kernels import FALLBACK, Kernels, remember
+from ..clock import clock_for
+from ..target.kernels import Kernels, remember
+from .kernel_profile import kernel_steps, measure_kernels
 from .latency import LatencyModel, default_path, draft_features, fit, latency_key, verify_features
 from ..target.verifier import Target
 from ..tree import DraftTree
@@ -32,10 +32,9 @@ log = logging.getLogger("specdec.policy.profile")
 
 FULL = {"batches": (1, 2, 4, 8), "nodes": (0, 1, 2, 3, 5, 7, 11, 15), "contexts": (64, 256, 768), "repeats": 3,
         "depths": (1, 2, 4, 8), "draft_batches": (1, 2, 4, 8)}
-QUICK = {"batches": (1, 2, 4), "nodes": (0, 1, 2, 3, 5, 7, 11), "contexts": (128, 512), "repeats": 2,
-         "depths": (1, 2, 4), "draft_batches": (1, 4)}  # what a first use pays: under a minute on 2 cores
-KERNEL_ROWS = (1, 2, 3, 4, 5, 6, 7, 8, 10, 12, 16, 24, 32)  # row counts the layer products are timed at
-HEAD_ROWS = (1, 2, 3, 4, 5, 6, 8, 16, 32, 48, 64)
+QUICK = {"batches": (1, 2, 4), "nodes": (0, 1, 2, 3, 5, 7, 11), "contexts": (128, 512), "repeats": 3,
+         "depths": (1, 2, 4), "draft_batches": (1, 4)}  # what a first use pays: about a minute on 2 cores; 3 repeats
+# (medians) so that one slow reading of the machine is dropped, not averaged into a verification cost
 
 
 class _Progress:
@@ -55,119 +54,6 @@ class _Progress:
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
-
-
-def _median_seconds(run, repeats: int, clock: Clock) -> float:
-    run()  # warm-up
-    times = []
-    for _ in range(repeats):
-        started = clock()
-        run()
-        times.append(clock() - started)
-    return statistics.median(times)
-
-
-# ---- kernels -----------------------------------------------------------------------------------------
-def _layer_matrices(model, fuse: bool) -> list[torch.Tensor]:
-    """Every weight matrix a decoder forward multiplies, as the target's forward would hold them."""
-    from ..target.lean_llama import LeanLlama, supports
-
-    if supports(model):
-        return [w for layer in LeanLlama.for_model(model, fuse=fuse).layers
-                for name in ("qkv", "o", "gate_up", "down") for w in (layer[name] if isinstance(layer[name], list)
-                                                                    else [layer[name]])]
-    return [m.weight for m in model.get_decoder().modules() if type(m) is torch.nn.Linear]
-
-
-def _products_seconds(matrices, rows: int, few: bool, padded: dict, clock: Clock, repeats: int) -> float:
-    inputs = {w.shape[1]: torch.randn(rows, w.shape[1], dtype=w.dtype, device=w.device) for w in matrices}
-    if few:
-        run = lambda: [few_rows_product(w, inputs[w.shape[1]], padded) for w in matrices]  # noqa: E731
-    else:
-        run = lambda: [torch.nn.functional.linear(inputs[w.shape[1]], w) for w in matrices]  # noqa: E731
-    return _median_seconds(run, repeats, clock)
-
-
-def _cut_over(rows: list[int], few: dict, plain: dict, slack: float = 1.0) -> int:
-    """The largest row count up to which ``few`` is never slower than ``plain`` (0: not even one row)."""
-    best = 0
-    for r in rows:
-        if few[r] > plain[r] * slack:
-            break
-        best = r
-    return best
-
-
-def _padding(rows: list[int], cost: dict, gain: float = 0.95) -> dict:
-    """Row counts worth multiplying as a larger measured count: where that one is at least 5% cheaper."""
-    padded = {}
-    for r in rows:
-        larger = [s for s in rows if r < s <= 2 * r]
-        if larger:
-            cheapest = min(larger, key=lambda s: (cost[s], s))
-            if cost[cheapest] < gain * cost[r]:
-                padded[r] = cheapest
-    return padded
-
-
-@torch.no_grad()
-def measure_kernels(model, clock: Clock | None = None, repeats: int = 3, progress: _Progress | None = None) -> Kernels:
-    """This machine's product paths for ``model`` (see :mod:`specdec.target.kernels`), timed on its own weights.
-
-    The few-row products apply to float32 on the CPU only; elsewhere only the head's cheap rows and
-    fusion are measured and the few-row limits are 0."""
-    from ..target.lean_llama import supports
-
-    clock = clock or clock_for(model)
-    head = model.get_output_embeddings().weight.detach()
-    parameter = next(model.parameters())
-    cpu32 = parameter.device.type == "cpu" and parameter.dtype == torch.float32
-    tick = progress.update if progress is not None else (lambda n=1: None)
-    fuse = True
-    if supports(model):  # fused q/k/v and gate/up against the model's own matrices, at decoding's row counts
-        fused, apart = _layer_matrices(model, True), _layer_matrices(model, False)
-        totals = [sum(_products_seconds(m, r, cpu32, {}, clock, repeats) for r in (1, 2, 4)) for m in (fused, apart)]
-        fuse = totals[0] <= totals[1] * 1.02
-        tick(6)
-    matrices = _layer_matrices(model, fuse)
-    head_cost = {}
-    for r in HEAD_ROWS:
-        head_cost[r] = _median_seconds(lambda r=r: few_rows_product(head, torch.randn(r, head.shape[1], dtype=head.dtype,
-                                                                                      device=head.device), {})
-                                       if cpu32 else torch.nn.functional.linear(
-                                           torch.randn(r, head.shape[1], dtype=head.dtype, device=head.device), head),
-                                       repeats, clock)
-        tick()
-    if not cpu32:
-        cheap = max(r for r in HEAD_ROWS if r <= 16 and head_cost[r] <= 1.15 * head_cost[1])
-        return Kernels(linear_rows=0, head_rows=0, padded_rows={}, cheap_head_rows=cheap, fuse=fuse, measured=True)
-    few, plain = {}, {}
-    for r in KERNEL_ROWS:
-        few[r] = _products_seconds(matrices, r, True, {}, clock, repeats)
-        plain[r] = _products_seconds(matrices, r, False, {}, clock, repeats)
-        tick(2)
-    head_plain = {}
-    for r in HEAD_ROWS:
-        x = torch.randn(r, head.shape[1], dtype=head.dtype)
-        head_plain[r] = _median_seconds(lambda x=x: torch.nn.functional.linear(x, head), repeats, clock)
-        tick()
-    step = {r: few[r] + head_cost.get(r, few[r] * 0) for r in KERNEL_ROWS if r in head_cost}  # a forward's products
-    padded = _padding([r for r in KERNEL_ROWS if r in step], step)
-    padded_few = {r: few[padded.get(r, r)] for r in KERNEL_ROWS}
-    linear_rows = _cut_over(list(KERNEL_ROWS), padded_few, plain)
-    padded_head = {r: head_cost[padded.get(r, r)] if padded.get(r, r) in head_cost else head_cost[r] for r in HEAD_ROWS}
-    head_rows = _cut_over(list(HEAD_ROWS), padded_head, head_plain)
-    cheap = max(r for r in HEAD_ROWS if r <= 8 and padded_head[r] <= 1.15 * padded_head[1])
-    padded = {r: s for r, s in padded.items() if r <= max(linear_rows, head_rows)}
-    return Kernels(linear_rows=linear_rows, head_rows=head_rows, padded_rows=padded, cheap_head_rows=cheap,
-                   fuse=fuse, measured=True)
-
-
-def kernel_steps(model) -> int:
-    """Units of work :func:`measure_kernels` reports to a progress bar."""
-    from ..target.lean_llama import supports
-
-    return (6 if supports(model) else 0) + 2 * len(HEAD_ROWS) + 2 * len(KERNEL_ROWS)
 
 
 # ---- verification and drafting ------------------------------------------------------------------------
@@ -322,7 +208,7 @@ def latency_for(model, drafters: dict, given: LatencyModel | str | Path | None =
         save = True
     elif profile_on_first_use:
         if not path.is_file():
-            log.warning("specdec: no latency profile for %s on this machine yet; profiling it now, once (40 s for "
+            log.warning("specdec: no latency profile for %s on this machine yet; profiling it now, once (about a minute for "
                         "SmolLM2-135M on 2 CPU cores; the bar shows the time left; `python -m specdec.policy.profile` "
                         "makes a fuller one)", key["model"])
         clock = clock_for(model)

@@ -16,7 +16,7 @@ count and the model's shapes:
   (from concatenated copies of the weights).
 
 ``python -m specdec.policy.profile`` and SmartSpec's first-use profile measure them
-(:func:`specdec.policy.profiling.measure_kernels`) and store them with the latency model; a
+(:func:`specdec.policy.kernel_profile.measure_kernels`) and store them with the latency model; a
 :class:`~specdec.target.verifier.Target` reads them from there (:func:`kernels_for`).  Where no profile
 exists, :data:`FALLBACK` holds the values measured on the 2-core development CPU with
 SmolLM2-135M in float32, which is all they are good for.  Any setting gives the same numbers up to
