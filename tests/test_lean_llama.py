@@ -119,3 +119,39 @@ def test_a_draft_built_inside_inference_mode_decodes():
         draft = tiny_llama(64, seed=1)
         out = specdec.generate(target, ids, drafters.DraftModel(draft, 2), max_new_tokens=6, speculation=2)
     assert torch.equal(out.sequences, want)
+
+
+@pytest.mark.parametrize("mask_kind", ["causal", "padded", "additive"])
+def test_folded_grouped_attention_computes_the_same_attention(mask_kind):
+    """Query heads folded into one per key/value head (a verification's 3-64 tokens) attend as they did apart."""
+    g = torch.Generator().manual_seed(0)
+    b, heads, kv_heads, m, past, d = 2, 6, 2, 5, 7, 8
+    q = torch.randn(b, heads, m, d, generator=g, dtype=torch.float64)
+    keys, values = (torch.randn(b, kv_heads, past + m, d, generator=g, dtype=torch.float64) for _ in range(2))
+    mask = torch.ones(m, past + m, dtype=torch.bool).tril(past)
+    if mask_kind == "padded":
+        real = torch.ones(b, past + m, dtype=torch.bool)
+        real[0, :3] = False
+        mask = mask[None, None] & real[:, None, None]
+    elif mask_kind == "additive":
+        mask = torch.zeros(b, 1, m, past + m, dtype=torch.float64).masked_fill(
+            torch.rand(b, 1, m, past + m, generator=g) < 0.3, torch.finfo(torch.float64).min)
+        mask[..., past:] = 0.0
+    apart = lean_llama.grouped_attention(q, keys, values, mask, heads // kv_heads)
+    folded = lean_llama.grouped_attention(q, keys, values, lean_llama.fold_mask(mask, heads // kv_heads, q.dtype),
+                                          heads // kv_heads, folded=True)
+    torch.testing.assert_close(folded, apart, rtol=1e-12, atol=1e-12)
+    wrong = lean_llama.fold_mask(mask.flip(-2) if mask.dim() == 2 else mask.flip(-2), heads // kv_heads, q.dtype)
+    assert not torch.allclose(lean_llama.grouped_attention(q, keys, values, wrong, heads // kv_heads, folded=True),
+                              apart)  # the rows of the folded mask must follow the folded queries
+
+
+def test_verifications_of_three_or_more_tokens_take_the_folded_path(monkeypatch):
+    calls = []
+    real = lean_llama.fold_mask
+    monkeypatch.setattr(lean_llama, "fold_mask", lambda *a: calls.append(a[0].shape) or real(*a))
+    target = tiny_llama(VOCAB, seed=0, eos_token_id=None)
+    ids = torch.tensor([[5, 6, 7, 8, 5, 6, 7, 8, 5, 6]])  # prompt lookup proposes 3 tokens below the root
+    out = specdec.generate(target, ids, drafters.PromptLookup(3), max_new_tokens=8, speculation=3)
+    verifications = [shape for shape in calls if shape[-1] > shape[-2] >= 3]  # new tokens after a cache
+    assert verifications and torch.equal(out.sequences, target.generate(ids, max_new_tokens=8, do_sample=False))
