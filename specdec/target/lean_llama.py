@@ -27,9 +27,10 @@ STATIC_ROPE = {"default", "linear", "llama3"}
 # F.rms_norm equals LlamaRMSNorm bit for bit in float32 (it normalises in the input's dtype;
 # LlamaRMSNorm in float32 whatever the input)
 _FUSED_NORM_DTYPES = {torch.float32}
-# from 3 to 64 new tokens per row, grouped query heads attend folded into one (grouped_attention): a
+# from 3 to 64 new tokens per row, grouped query heads attend folded into one on the CPU (grouped_attention): a
 # verification's tokens (measured: 2-7% off a 3-4 token verification of SmolLM2 at 470-1000 cached tokens on the
-# 2-core development CPU, nothing clear at 2); a prefill's many run the kernel's own grouped path
+# 2-core development CPU, nothing clear at 2); a prefill's many, and accelerators (not measured), keep the kernel's
+# own grouped path
 FOLD_QUERIES = (3, 64)
 
 
@@ -118,7 +119,7 @@ class LeanLlama:
         past = cache[0].get_seq_length()
         mask = self._mask(attention_mask, b, t, past, hidden)
         groups = self.heads // self.kv_heads
-        fold = groups > 1 and FOLD_QUERIES[0] <= t <= FOLD_QUERIES[1]
+        fold = groups > 1 and FOLD_QUERIES[0] <= t <= FOLD_QUERIES[1] and hidden.device.type == "cpu"
         if fold:  # built once per forward: every layer attends with it
             mask = fold_mask(mask, groups, hidden.dtype)
         q_size, kv_size = self.heads * self.head_dim, self.kv_heads * self.head_dim
