@@ -4,8 +4,8 @@
 CPU can multiply them (``W @ x.T`` and ``F.linear``), with and without q/k/v and gate/up fused,
 and the output head, and derives the :class:`~specdec.target.kernels.Kernels` the forward then
 takes.  On the 2-core development CPU the differences are large and irregular: SmolLM2's layer
-products cost about the same for 1, 2 and 4 rows and a quarter more for 3 or 5, so a 3-row product
-padded to 4 rows is a 1-node draft verified for the price of plain decoding.
+products cost about the same for 1, 2 and 4 rows and about a third more for 3 or 5, so with 3 rows
+padded to 4, a root and up to three draft nodes are multiplied for the price of plain decoding's one row.
 
 Those differences are smaller than the machine's own drift (another process, a shared host's
 neighbours), so every timing here is interleaved (:func:`interleaved_medians`): each round runs every
