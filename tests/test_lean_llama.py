@@ -141,7 +141,7 @@ def test_folded_grouped_attention_computes_the_same_attention(mask_kind):
     folded = lean_llama.grouped_attention(q, keys, values, lean_llama.fold_mask(mask, heads // kv_heads, q.dtype),
                                           heads // kv_heads, folded=True)
     torch.testing.assert_close(folded, apart, rtol=1e-12, atol=1e-12)
-    wrong = lean_llama.fold_mask(mask.flip(-2) if mask.dim() == 2 else mask.flip(-2), heads // kv_heads, q.dtype)
+    wrong = lean_llama.fold_mask(mask.flip(-2), heads // kv_heads, q.dtype)
     assert not torch.allclose(lean_llama.grouped_attention(q, keys, values, wrong, heads // kv_heads, folded=True),
                               apart)  # the rows of the folded mask must follow the folded queries
 
